@@ -1,0 +1,10 @@
+"""Command-line interface: ``geosr prepare | train | downscale | validate``.
+
+Each verb lives in its own module that parses options, makes one library call and
+renders the result; nothing else.
+"""
+
+from geosr.cli._app import app
+from geosr.cli import prepare, train, downscale, validate  # noqa: F401,E402  (register verbs)
+
+__all__ = ["app"]

@@ -1,0 +1,341 @@
+"""The only module that opens paths: raster inspection, aligned windowed reads, writers.
+
+Reads go through GDAL's warper (:class:`rasterio.vrt.WarpedVRT`) onto a target
+:class:`~geosr.grid.Grid`, one window at a time, so memory follows the window size and
+not the raster size. Values come back as float32 with NaN where the source is nodata,
+masked or non-finite: nodata is a mask, never a number used in arithmetic.
+
+Writers produce a temporary file next to the final one and move it into place only when
+complete (:func:`atomic_path`, :func:`atomic_dir`), so an interrupted run never leaves a
+half-written output under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geosr.errors import GridError, InputError, OutputExistsError, ProcessingError, RasterReadError
+from geosr.grid import Bounds, Grid, crs_string
+
+log = logging.getLogger(__name__)
+
+TMP_TAG = ".geosr-tmp"
+"""Marker in the names of temporary outputs; such files are never final results."""
+
+_DATE_KEYS = ("DATE_TIME", "NETCDF_DIM_time", "time", "TIME", "date", "DATE")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geosr needs to know about a source raster before reading it.
+
+    Attributes:
+        path: the path or GDAL dataset name as given.
+        crs: CRS string (``EPSG:nnnn`` or WKT).
+        bounds: (left, bottom, right, top) in ``crs`` units.
+        width, height, count: size in pixels and bands.
+        res: (x, y) pixel size in ``crs`` units.
+        dtype: numpy dtype name of band 1.
+        nodata: declared nodata value or None.
+        units: per-band units ('' when unknown).
+        dates: per-band date/time tag ('' when unknown).
+        descriptions: per-band descriptions ('' when none).
+    """
+
+    path: str
+    crs: str
+    bounds: Bounds
+    width: int
+    height: int
+    count: int
+    res: tuple[float, float]
+    dtype: str
+    nodata: float | None
+    units: tuple[str, ...] = field(default_factory=tuple)
+    dates: tuple[str, ...] = field(default_factory=tuple)
+    descriptions: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _is_gdal_name(path: str) -> bool:
+    return ":" in path and path.split(":", 1)[0].isupper() and not Path(path).exists()
+
+
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster for reading, turning every failure into a one-line :class:`RasterReadError`."""
+    path = str(path)
+    if not _is_gdal_name(path) and not Path(path).exists():
+        raise RasterReadError(f"{path}: file not found; expected an existing raster file")
+    if Path(path).is_dir():
+        raise RasterReadError(f"{path}: is a folder; expected a raster file")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as e:
+        reason = str(e).splitlines()[0] if str(e) else "unreadable"
+        raise RasterReadError(f"{path}: not a readable raster ({reason}); expected a GeoTIFF, "
+                              "NetCDF or other GDAL-readable raster") from e
+    try:
+        yield src
+    finally:
+        src.close()
+
+
+def raster_info(path: str | os.PathLike) -> RasterInfo:
+    """Inspect a raster and check it is georeferenced and has bands."""
+    path = str(path)
+    with open_raster(path) as src:
+        if src.count == 0:
+            subs = list(getattr(src, "subdatasets", []) or [])
+            if subs:
+                shown = ", ".join(subs[:4]) + (" ..." if len(subs) > 4 else "")
+                raise RasterReadError(f"{path}: holds {len(subs)} variables and no bands; pick one "
+                                      f"as a GDAL name, e.g. {subs[0]} (found: {shown})")
+            raise RasterReadError(f"{path}: has no raster bands; expected at least one band")
+        if src.crs is None:
+            raise GridError(f"{path}: has no CRS; expected a georeferenced raster (assign one "
+                            "with gdal_edit.py -a_srs EPSG:xxxx)")
+        if src.transform.is_identity or src.transform == rasterio.Affine.identity():
+            raise GridError(f"{path}: has no geotransform; expected a georeferenced raster "
+                            "with a pixel-to-map transform")
+        if src.transform.b != 0 or src.transform.d != 0:
+            log.info("%s is rotated; it will be warped onto a north-up grid", path)
+        units = tuple((u or "") for u in (src.units or ("",) * src.count))
+        dates = tuple(_band_date(src, b) for b in range(1, src.count + 1))
+        desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))
+        try:
+            crs = crs_string(src.crs)
+        except Exception as e:
+            raise GridError(f"{path}: CRS cannot be interpreted ({e}); expected a valid CRS") from e
+        return RasterInfo(
+            path=path, crs=crs, bounds=tuple(src.bounds), width=src.width, height=src.height,
+            count=src.count, res=(abs(src.transform.a), abs(src.transform.e)),
+            dtype=src.dtypes[0], nodata=src.nodata, units=units, dates=dates, descriptions=desc,
+        )
+
+
+def _band_date(src: rasterio.DatasetReader, band: int) -> str:
+    tags = src.tags(band)
+    for key in _DATE_KEYS:
+        if tags.get(key):
+            return str(tags[key])
+    return ""
+
+
+class AlignedReader:
+    """Reads a source raster warped onto a grid, window by window.
+
+    Use as a context manager. ``read(window)`` returns ``(bands, rows, cols)`` float32
+    with NaN for nodata/masked/non-finite cells. Windows may extend past the grid: cells
+    outside the source are NaN.
+
+    Args:
+        path: source raster.
+        grid: destination grid.
+        resampling: GDAL resampling used by the warper.
+    """
+
+    def __init__(self, path: str | os.PathLike, grid: Grid, resampling: Resampling):
+        self.path = str(path)
+        self.grid = grid
+        self.resampling = resampling
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> AlignedReader:
+        src = self._stack.enter_context(open_raster(self.path))
+        self.count = src.count
+        src_nodata = src.nodata
+        if src_nodata is None and np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+            src_nodata = float("nan")
+        try:
+            self._vrt = self._stack.enter_context(WarpedVRT(
+                src, crs=self.grid.rio_crs, transform=self.grid.transform,
+                width=self.grid.width, height=self.grid.height, resampling=self.resampling,
+                src_nodata=src_nodata, nodata=float("nan"), dtype="float32",
+            ))
+        except RasterioError as e:
+            self._stack.close()
+            raise GridError(f"{self.path}: cannot be warped onto the {self.grid.crs} grid ({e})") from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def read(self, window: Window | None = None, bands: list[int] | int | None = None) -> np.ndarray:
+        """Read ``bands`` (1-based; default all) in ``window`` (default whole grid)."""
+        if window is None:
+            window = Window(0, 0, self.grid.width, self.grid.height)
+        if bands is None:
+            bands = list(range(1, self.count + 1))
+        elif isinstance(bands, int):
+            bands = [bands]
+        # WarpedVRT refuses boundless reads: read the part inside the grid, pad with NaN.
+        c0, r0 = int(window.col_off), int(window.row_off)
+        w, h = int(window.width), int(window.height)
+        out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
+        cc0, rr0 = max(c0, 0), max(r0, 0)
+        cc1, rr1 = min(c0 + w, self.grid.width), min(r0 + h, self.grid.height)
+        if cc1 <= cc0 or rr1 <= rr0:
+            return out
+        inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        try:
+            arr = self._vrt.read(bands, window=inner, masked=True)
+        except RasterioIOError as e:
+            raise RasterReadError(f"{self.path}: read failed ({str(e).splitlines()[0]}); the file "
+                                  "may be truncated or corrupt") from e
+        except RasterioError as e:
+            raise RasterReadError(f"{self.path}: read failed ({e})") from e
+        out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = arr.filled(np.nan)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            out[bad] = np.nan
+        return out
+
+
+def gtiff_profile(grid: Grid, count: int, *, block: int = 256) -> dict:
+    """Profile for an aligned float32 GeoTIFF: tiled, deflate + float predictor, NaN nodata."""
+    profile = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
+        "dtype": "float32", "crs": grid.rio_crs, "transform": grid.transform,
+        "nodata": float("nan"), "compress": "deflate", "predictor": 3, "BIGTIFF": "IF_SAFER",
+    }
+    if grid.width >= 16 and grid.height >= 16:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    return profile
+
+
+def open_writer(path: str | os.PathLike, grid: Grid, count: int, *,
+                descriptions: list[str] | None = None, units: list[str] | None = None,
+                tags: dict | None = None) -> rasterio.io.DatasetWriter:
+    """Create a float32 GeoTIFF on ``grid`` for windowed writing (caller closes it)."""
+    try:
+        dst = rasterio.open(path, "w", **gtiff_profile(grid, count))
+    except RasterioError as e:
+        raise ProcessingError(f"{path}: cannot create ({e})") from e
+    for b in range(1, count + 1):
+        if descriptions and descriptions[b - 1]:
+            dst.set_band_description(b, descriptions[b - 1])
+        if units and units[b - 1]:
+            dst.set_band_unit(b, units[b - 1])
+    if tags:
+        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+    return dst
+
+
+def read_full(path: str | os.PathLike, bands: list[int] | None = None) -> tuple[np.ndarray, Grid]:
+    """Read a (small, already aligned) raster whole as float32 with NaN nodata, and its grid."""
+    with open_raster(path) as src:
+        arr = src.read(bands or list(range(1, src.count + 1)), masked=True).astype(np.float32)
+        grid = Grid(crs_string(src.crs), src.transform, src.width, src.height)
+    out = arr.filled(np.nan)
+    out[~np.isfinite(out)] = np.nan
+    return out, grid
+
+
+def _check_parent(final: Path) -> None:
+    parent = final.parent if str(final.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"{final}: output folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise InputError(f"{final}: {parent} is not a folder; expected an output folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{final}: output folder {parent} is not writable; choose another")
+
+
+def check_output_file(final: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Fail early (before any work) when ``final`` cannot or must not be written."""
+    final = Path(final)
+    _check_parent(final)
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{final}: already exists; pass --overwrite to replace it")
+    if final.is_dir():
+        raise InputError(f"{final}: is a folder; expected a file name for the output")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; move it into place only on success.
+
+    The temporary name starts with a dot and contains ``.geosr-tmp`` so that listings
+    and globs for ``*.tif`` do not pick it up; it is removed on any failure, including
+    KeyboardInterrupt.
+    """
+    final = check_output_file(final, overwrite=overwrite)
+    tmp = final.with_name(f".{final.stem}{TMP_TAG}-{uuid.uuid4().hex[:8]}{final.suffix}")
+    try:
+        yield tmp
+        if final.exists() and not overwrite:
+            raise OutputExistsError(f"{final}: appeared while working; pass --overwrite to replace it")
+        os.replace(tmp, final)
+    except OSError as e:
+        if isinstance(e, InputError):
+            raise
+        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
+                              "under that name") from e
+    finally:
+        for p in (tmp, Path(str(tmp) + ".aux.xml")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; move it into place only on success.
+
+    An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
+    """
+    final = Path(final)
+    _check_parent(final)
+    if final.exists():
+        if not final.is_dir():
+            raise InputError(f"{final}: exists and is not a folder; expected a folder name")
+        if any(final.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{final}: folder exists and is not empty; pass --overwrite "
+                                    "to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_TAG}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
+                              "under that name") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+COG_OPTIONS = {
+    "COMPRESS": "DEFLATE", "PREDICTOR": "FLOATING_POINT", "BLOCKSIZE": "512",
+    "OVERVIEW_RESAMPLING": "AVERAGE", "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS",
+}
+
+
+def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, **options) -> None:
+    """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF with GDAL's COG driver.
+
+    GDAL builds the overviews (average) and the COG layout (tiles, IFDs first); band
+    descriptions, units and tags are carried over from the source.
+    """
+    opts = {**COG_OPTIONS, **{k.upper(): str(v) for k, v in options.items()}}
+    try:
+        rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
+    except RasterioError as e:
+        raise ProcessingError(f"{dst_path}: COG writing failed ({e})") from e
+
