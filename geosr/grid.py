@@ -77,17 +77,17 @@ class Grid:
             raise GridError(
                 f"grid {self.width}x{self.height} px is not a whole number of {factor}x{factor} blocks"
             )
-        return Grid(self.crs, self.transform * Affine.scale(factor), self.width // factor,
+        return Grid(self.crs, self.transform @ Affine.scale(factor), self.width // factor,
                     self.height // factor)
 
     def refine(self, factor: int) -> Grid:
         """The grid whose pixels split each of this grid's pixels into ``factor x factor``."""
-        return Grid(self.crs, self.transform * Affine.scale(1 / factor), self.width * factor,
+        return Grid(self.crs, self.transform @ Affine.scale(1 / factor), self.width * factor,
                     self.height * factor)
 
     def subgrid(self, window: Window) -> Grid:
         """The grid covering ``window`` (row/col offsets may lie outside this grid)."""
-        return Grid(self.crs, self.transform * Affine.translation(window.col_off, window.row_off),
+        return Grid(self.crs, self.transform @ Affine.translation(window.col_off, window.row_off),
                     int(window.width), int(window.height))
 
     def same_as(self, other: Grid, tol: float = 1e-6) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -38,7 +39,20 @@ log = logging.getLogger(__name__)
 TMP_TAG = ".geosr-tmp"
 """Marker in the names of temporary outputs; such files are never final results."""
 
-_DATE_KEYS = ("DATE_TIME", "NETCDF_DIM_time", "time", "TIME", "date", "DATE")
+_DATE_KEYS = ("DATE_TIME", "NETCDF_DIM_time", "NETCDF_DIM_valid_time", "time", "TIME", "date",
+              "DATE")
+
+
+def _assumed_lonlat(src: rasterio.DatasetReader) -> CRS | None:
+    """CF NetCDF on a latitude/longitude grid without a grid_mapping means WGS 84 degrees."""
+    if src.driver not in ("netCDF", "HDF5", "GRIB") or src.transform.is_identity:
+        return None
+    left, bottom, right, top = src.bounds
+    if -180.5 <= left < right <= 360.5 and -90.5 <= min(bottom, top) and max(bottom, top) <= 90.5:
+        log.warning("%s declares no CRS but has a latitude/longitude grid; assuming EPSG:4326",
+                    src.name)
+        return CRS.from_epsg(4326)
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,8 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
                 raise RasterReadError(f"{path}: holds {len(subs)} variables and no bands; pick one "
                                       f"as a GDAL name, e.g. {subs[0]} (found: {shown})")
             raise RasterReadError(f"{path}: has no raster bands; expected at least one band")
-        if src.crs is None:
+        crs_obj = src.crs if src.crs is not None else _assumed_lonlat(src)
+        if crs_obj is None:
             raise GridError(f"{path}: has no CRS; expected a georeferenced raster (assign one "
                             "with gdal_edit.py -a_srs EPSG:xxxx)")
         if src.transform.is_identity or src.transform == rasterio.Affine.identity():
@@ -119,7 +134,7 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
         dates = tuple(_band_date(src, b) for b in range(1, src.count + 1))
         desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))
         try:
-            crs = crs_string(src.crs)
+            crs = crs_string(crs_obj)
         except Exception as e:
             raise GridError(f"{path}: CRS cannot be interpreted ({e}); expected a valid CRS") from e
         return RasterInfo(
@@ -159,12 +174,13 @@ class AlignedReader:
     def __enter__(self) -> AlignedReader:
         src = self._stack.enter_context(open_raster(self.path))
         self.count = src.count
+        src_crs = None if src.crs is not None else _assumed_lonlat(src)
         src_nodata = src.nodata
         if src_nodata is None and np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
             src_nodata = float("nan")
         try:
             self._vrt = self._stack.enter_context(WarpedVRT(
-                src, crs=self.grid.rio_crs, transform=self.grid.transform,
+                src, src_crs=src_crs, crs=self.grid.rio_crs, transform=self.grid.transform,
                 width=self.grid.width, height=self.grid.height, resampling=self.resampling,
                 src_nodata=src_nodata, nodata=float("nan"), dtype="float32",
             ))

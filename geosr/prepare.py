@@ -229,17 +229,26 @@ def _write_coarse(bands: list[tuple[RasterInfo, int]], coarse: Grid, block: int,
     desc = [f"{layer_name_from_path(i.path)}:{b}" for i, b in bands]
     dst = open_writer(tmp / "coarse.tif", coarse, n, descriptions=desc, units=[units] * n)
     done, total = 0, len(windows) * n
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    infos = {i.path: i for i, _ in bands}
+    for out_band, (info, b) in enumerate(bands, start=1):
+        by_file.setdefault(info.path, []).append((out_band, b))
     try:
-        for out_band, (info, b) in enumerate(bands, start=1):
-            with AlignedReader(info.path, coarse,
-                               resampling_for(info, coarse, coarse_input=True)) as rd:
+        for path, pairs in by_file.items():
+            info = infos[path]
+            with AlignedReader(path, coarse, resampling_for(info, coarse, coarse_input=True)) as rd:
                 for w in windows:
-                    arr = rd.read(w, b)[0]
-                    dst.write(arr, out_band, window=w)
-                    stats.update(arr)
-                    done += 1
-                    if progress:
-                        progress("coarse", done, total)
+                    # Several bands per read (hourly NetCDF stacks have hundreds), within
+                    # ~64 MB per read.
+                    step = max(1, (16 << 20) // max(int(w.width * w.height), 1))
+                    for k in range(0, len(pairs), step):
+                        chunk = pairs[k:k + step]
+                        arr = rd.read(w, [b for _, b in chunk])
+                        dst.write(arr, [o for o, _ in chunk], window=w)
+                        stats.update(arr)
+                        done += len(chunk)
+                        if progress:
+                            progress("coarse", done, total)
     finally:
         dst.close()
     st = stats.result()

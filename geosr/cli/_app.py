@@ -12,12 +12,16 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from geosr import __version__
 from geosr.errors import GeosrError
+
+try:  # recent typer releases vendor click as typer._click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover - typer with an external click
+    from click import exceptions as _cx
 
 # Options that take several values after one flag (``--aux a.tif b.tif``); also repeatable.
 MULTI_VALUE_OPTIONS = frozenset({"--aux", "-a", "--target", "-t", "--val-samples", "--fail-above"})
@@ -53,7 +57,7 @@ def expand_multi_value(args: list[str], names: frozenset[str] = MULTI_VALUE_OPTI
 class GeosrCommand(TyperCommand):
     """A command whose multi-value options accept several values after one flag."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         return super().parse_args(ctx, expand_multi_value(list(args)))
 
 
@@ -83,13 +87,18 @@ class GeosrGroup(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name or "geosr", complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.exceptions.Exit as e:
+        except typer.Exit as e:
             code = e.exit_code
-        except click.ClickException as e:
-            hint = f" (see '{where} --help')" if isinstance(e, click.UsageError) else ""
+        except _cx.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # help was shown; not an error
+                code = 0
+                if standalone_mode:
+                    sys.exit(code)
+                return code
+            hint = f" (see '{where} --help')" if isinstance(e, _cx.UsageError) else ""
             print(f"{where}: error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
             code = e.exit_code
-        except (KeyboardInterrupt, click.exceptions.Abort):
+        except (KeyboardInterrupt, typer.Abort):
             print(f"{where}: interrupted; no partial output was kept", file=sys.stderr)
             code = 130
         except GeosrError as e:
