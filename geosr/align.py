@@ -73,17 +73,26 @@ def plan_grids(ref: RasterInfo, *, res_m: float = 500.0, factor: int | None = No
     return fine, fine.coarsen(factor)
 
 
-def check_coverage(info: RasterInfo, grid: Grid, *, option: str) -> float:
-    """Fraction of ``grid`` covered by ``info``'s footprint; 0 is an input error."""
+def check_coverage(info: RasterInfo, grid: Grid, *, option: str,
+                   area: Bounds | None = None) -> float:
+    """Fraction of ``area`` (default: the grid) covered by ``info``'s footprint.
+
+    No overlap is an input error; partial cover is a warning (cells outside are nodata).
+    Pass the reference input's footprint as ``area`` so that the outward snapping of the
+    grid to whole coarse cells does not count as missing cover.
+    """
     fp = footprint(info.crs, info.bounds, grid.crs)
     frac = overlap_fraction(grid.bounds, fp)
+    if frac > 0 and area is not None:
+        inner = intersect(grid.bounds, area)
+        frac = overlap_fraction(inner, fp) if inner else frac
     if frac <= 0.0:
         raise GridError(f"{option} {info.path}: does not overlap the grid (overlap 0%; raster "
                         f"footprint {tuple(round(v) for v in fp)} vs grid "
                         f"{tuple(round(v) for v in grid.bounds)} in {grid.crs}); expected "
                         "rasters over the same area")
-    if frac < 0.999:
-        log.warning("%s %s covers %.0f%% of the grid; cells outside it are nodata", option,
+    if frac < 0.99:
+        log.warning("%s %s covers %.0f%% of the area; cells outside it are nodata", option,
                     info.path, 100 * frac)
     return frac
 

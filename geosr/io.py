@@ -31,7 +31,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geosr.errors import GridError, InputError, OutputExistsError, ProcessingError, RasterReadError
+from geosr.errors import GeosrError, GridError, InputError, OutputExistsError, ProcessingError, RasterReadError
 from geosr.grid import Bounds, Grid, crs_string
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
             raise OutputExistsError(f"{final}: appeared while working; pass --overwrite to replace it")
         os.replace(tmp, final)
     except OSError as e:
-        if isinstance(e, InputError):
+        if isinstance(e, GeosrError):
             raise
         raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
                               "under that name") from e
@@ -310,12 +310,8 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
                 p.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; move it into place only on success.
-
-    An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
-    """
+def check_output_dir(final: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Fail early (before any work) when folder ``final`` cannot or must not be written."""
     final = Path(final)
     _check_parent(final)
     if final.exists():
@@ -324,6 +320,16 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
         if any(final.iterdir()) and not overwrite:
             raise OutputExistsError(f"{final}: folder exists and is not empty; pass --overwrite "
                                     "to replace it")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; move it into place only on success.
+
+    An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
+    """
+    final = check_output_dir(final, overwrite=overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_TAG}-", dir=final.parent))
     try:
         yield tmp
@@ -331,6 +337,8 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as e:
+        if isinstance(e, GeosrError):
+            raise
         raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
                               "under that name") from e
     finally:

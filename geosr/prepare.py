@@ -28,7 +28,15 @@ from geosr.align import (
 )
 from geosr.errors import GridError, InputError
 from geosr.grid import Bounds, Grid
-from geosr.io import AlignedReader, RasterInfo, atomic_dir, open_writer, raster_info
+from geosr.grid import footprint
+from geosr.io import (
+    AlignedReader,
+    RasterInfo,
+    atomic_dir,
+    check_output_dir,
+    open_writer,
+    raster_info,
+)
 from geosr.manifest import Layer, Manifest, Sample
 from geosr.sources import LayerSpec, layer_name_from_path
 
@@ -97,6 +105,7 @@ def prepare(cfg: PrepareConfig, *, progress: Progress | None = None) -> PrepareR
     t0 = time.perf_counter()
     if not cfg.coarse and not cfg.target:
         raise InputError("no input: give COARSE rasters, --target rasters, or both")
+    check_output_dir(cfg.out_dir, overwrite=cfg.overwrite)
     coarse_infos = [raster_info(p) for p in cfg.coarse]
     target_infos = [raster_info(p) for p in cfg.target]
     aux_infos = [raster_info(s.path) for s in cfg.aux]
@@ -112,12 +121,13 @@ def prepare(cfg: PrepareConfig, *, progress: Progress | None = None) -> PrepareR
     fine, coarse = plan_grids(ref, res_m=cfg.res_m, factor=cfg.factor, crs=cfg.crs,
                               bounds=cfg.bounds, ref_is_coarse=bool(coarse_infos))
     factor = fine.width // coarse.width
+    area = footprint(ref.crs, ref.bounds, fine.crs)
     for info in coarse_infos:
-        check_coverage(info, coarse, option="COARSE")
+        check_coverage(info, coarse, option="COARSE", area=area)
     for info in target_infos:
-        check_coverage(info, fine, option="--target")
+        check_coverage(info, fine, option="--target", area=area)
     for spec, info in zip(cfg.aux, aux_infos):
-        check_coverage(info, fine, option=f"--aux {spec.name}")
+        check_coverage(info, fine, option=f"--aux {spec.name}", area=area)
 
     block = max(factor, (cfg.block_px // factor) * factor)
     first = target_infos[0] if target_infos else coarse_infos[0]
@@ -178,6 +188,7 @@ def _write_target(bands: list[tuple[RasterInfo, int]], fine: Grid, coarse: Grid,
     dst = open_writer(tmp / "target.tif", fine, n, descriptions=desc, units=[units] * n)
     cdst = open_writer(tmp / "coarse.tif", coarse, n, descriptions=desc, units=[units] * n) \
         if aggregate else None
+    empty: list[str] = []
     try:
         by_file: dict[str, list[tuple[int, int]]] = {}
         for out_band, (info, b) in enumerate(bands, start=1):
@@ -203,13 +214,15 @@ def _write_target(bands: list[tuple[RasterInfo, int]], fine: Grid, coarse: Grid,
                         if progress:
                             progress("target", done, total)
                     if band_stats.result().count == 0:
-                        log.warning("--target %s band %d has no valid pixels in the grid", path, b)
+                        empty.append(f"{path} band {b}")
     finally:
         dst.close()
         if cdst is not None:
             cdst.close()
     st = stats.result()
     _check_valid(st, f"--target {', '.join(sorted({i.path for i, _ in bands}))}")
+    for what in empty:
+        log.warning("--target %s has no valid pixels in the grid", what)
     sources = tuple(sorted({i.path for i, _ in bands}))
     target = Layer(name="target", path="target.tif", grid="fine", bands=n, units=units,
                    source=sources, stats=st)
