@@ -55,6 +55,15 @@ def _assumed_lonlat(src: rasterio.DatasetReader) -> CRS | None:
     return None
 
 
+GDAL_CACHE_MB = 256
+"""GDAL's block cache defaults to 5% of RAM; a fixed size keeps peak memory flat."""
+
+
+def gdal_env(**options) -> rasterio.Env:
+    """GDAL settings for geosr's work: bounded block cache, multi-threaded codecs."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **options)
+
+
 @dataclass(frozen=True)
 class RasterInfo:
     """What geosr needs to know about a source raster before reading it.
@@ -183,6 +192,7 @@ class AlignedReader:
                 src, src_crs=src_crs, crs=self.grid.rio_crs, transform=self.grid.transform,
                 width=self.grid.width, height=self.grid.height, resampling=self.resampling,
                 src_nodata=src_nodata, nodata=float("nan"), dtype="float32",
+                warp_mem_limit=256, warp_extras={"NUM_THREADS": "ALL_CPUS"},
             ))
         except RasterioError as e:
             self._stack.close()
@@ -229,6 +239,7 @@ def gtiff_profile(grid: Grid, count: int, *, block: int = 256) -> dict:
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
         "dtype": "float32", "crs": grid.rio_crs, "transform": grid.transform,
         "nodata": float("nan"), "compress": "deflate", "predictor": 3, "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS",
     }
     if grid.width >= 16 and grid.height >= 16:
         profile.update(tiled=True, blockxsize=block, blockysize=block)

@@ -34,6 +34,7 @@ from geosr.io import (
     RasterInfo,
     atomic_dir,
     check_output_dir,
+    gdal_env,
     open_writer,
     raster_info,
 )
@@ -102,6 +103,11 @@ def _band_list(infos: list[RasterInfo]) -> list[tuple[RasterInfo, int]]:
 
 def prepare(cfg: PrepareConfig, *, progress: Progress | None = None) -> PrepareResult:
     """Build a prepared dataset. See :class:`PrepareConfig`."""
+    with gdal_env():
+        return _prepare(cfg, progress)
+
+
+def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     t0 = time.perf_counter()
     if not cfg.coarse and not cfg.target:
         raise InputError("no input: give COARSE rasters, --target rasters, or both")
