@@ -112,7 +112,7 @@ def fit_sharpen(coarse: np.ndarray, aux_coarse: np.ndarray, *, ridge: float = 1e
     """
     n_aux = aux_coarse.shape[0]
     y = coarse.reshape(-1).astype(np.float64)
-    x = aux_coarse.reshape(n_aux, -1).astype(np.float64)
+    x = aux_coarse.reshape(n_aux, y.size).astype(np.float64)
     ok = np.isfinite(y) & np.all(np.isfinite(x), axis=0)
     n = int(ok.sum())
     if n_aux == 0 or n < n_aux + 2:
