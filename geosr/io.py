@@ -179,6 +179,7 @@ class AlignedReader:
         self.grid = grid
         self.resampling = resampling
         self._stack = contextlib.ExitStack()
+        self._warned_inf = False
 
     def __enter__(self) -> AlignedReader:
         src = self._stack.enter_context(open_raster(self.path))
@@ -227,9 +228,12 @@ class AlignedReader:
         except RasterioError as e:
             raise RasterReadError(f"{self.path}: read failed ({e})") from e
         out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = arr.filled(np.nan)
-        bad = ~np.isfinite(out)
-        if bad.any():
-            out[bad] = np.nan
+        inf = np.isinf(out)
+        if inf.any():
+            if not self._warned_inf:
+                log.warning("%s holds infinite values; they are treated as nodata", self.path)
+                self._warned_inf = True
+            out[inf] = np.nan
         return out
 
 

@@ -214,3 +214,40 @@ def test_prepare_haduk_netcdf_era5(real_data, tmp_path):
     assert m.fine_grid.crs == "EPSG:32630"  # lon/lat input -> local UTM zone
     assert 15 <= m.factor <= 30 and m.coarse.bands == 744
     assert m.aux_layer("dem").stats.count > 1000
+
+
+def test_inf_inside_data_is_masked_with_a_warning(tmp_path, caplog):
+    dem = terrain((32, 32))
+    t = (15 - 0.0065 * dem).astype(np.float32)
+    t[5, 5] = np.inf
+    t[6, 6] = -np.inf
+    target = write_raster(tmp_path / "t.tif", t, res=1000, origin=(600_000, 5_150_000))
+    with caplog.at_level("WARNING", logger="geosr"):
+        prepare(PrepareConfig(out_dir=tmp_path / "ds", target=(str(target),), res_m=1000, factor=8))
+    assert any("infinite" in r.message for r in caplog.records)
+    m = read_manifest(tmp_path / "ds")
+    assert np.isfinite(m.target.stats.mean) and m.target.stats.max < 100
+
+
+def test_integer_input_with_nodata_value_is_masked(tmp_path):
+    data = np.full((32, 32), 250, dtype="int16")
+    data[:8] = -9999
+    target = write_raster(tmp_path / "t.tif", data, res=1000, origin=(600_000, 5_150_000),
+                          dtype="int16", nodata=-9999)
+    prepare(PrepareConfig(out_dir=tmp_path / "ds", target=(str(target),), res_m=1000, factor=8))
+    m = read_manifest(tmp_path / "ds")
+    assert m.target.stats.min == 250 and m.target.stats.max == 250  # -9999 never used
+    with rasterio.open(tmp_path / "ds/coarse.tif") as c:
+        cc = c.read(1, masked=True).filled(np.nan)
+    assert np.isnan(cc[0]).all() and np.allclose(cc[1:], 250)
+
+
+def test_readonly_output_folder(tmp_path, monkeypatch, scene):
+    import os
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro")
+                        else real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(InputError, match="not writable"):
+        prepare(PrepareConfig(out_dir=tmp_path / "ro" / "ds", target=(str(scene["target"]),),
+                              res_m=1000, factor=8))
