@@ -1,13 +1,98 @@
-"""`geosr downscale` (not implemented yet)."""
+"""`geosr downscale`: parse options, call :func:`geosr.downscale.downscale`, render."""
 
 from __future__ import annotations
 
+import resource
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
 from geosr.cli._app import GeosrCommand, app
-from geosr.errors import ProcessingError
+from geosr.cli._common import emit_json, progress_bar, stdout
+from geosr.device import DeviceChoice
+from geosr.downscale import METHOD_LABELS, DownscaleConfig, Method, downscale
+from geosr.sources import parse_layers
+
+EPILOG = """Examples:
+
+  geosr downscale coarse.tif --aux dem.tif ndvi.tif        (regression sharpening, no model)
+
+  geosr downscale era5_t2m.tif --aux dem.tif --model alps-t2m -o t2m_500m.tif
+
+  geosr downscale day1.tif day2.tif --aux dem=srtm.tif --out-dir out/ --scheduler tcp://10.0.0.5:8786
+"""
 
 
-@app.command(name="downscale", cls=GeosrCommand, context_settings={"ignore_unknown_options": True,
-                                                           "allow_extra_args": True})
-def downscale_cmd() -> None:
-    """Not implemented yet."""
-    raise ProcessingError("downscale: not implemented yet")
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+@app.command(name="downscale", cls=GeosrCommand, epilog=EPILOG, no_args_is_help=True)
+def downscale_cmd(
+    ctx: typer.Context,
+    coarse: list[str] = typer.Argument(..., metavar="COARSE...",
+                                       help="Coarse input rasters (bands = time steps); one "
+                                            "output each."),
+    aux: list[str] = typer.Option(None, "--aux", "-a", metavar="AUX...",
+                                  help="Aux rasters: PATH, NAME=PATH or NAME=PATH:categorical; "
+                                       "several after one flag. With --model they are matched "
+                                       "to the model's aux by name, else by order."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output COG (one input only)."),
+    out_dir: Path = typer.Option(None, "--out-dir", help="Output folder (default: beside each "
+                                 "input, named <stem>_<res>m.tif)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model bundle file, or the name of a "
+                              "shipped model (--model NAME); implies --method net."),
+    method: Method = typer.Option(None, "--method", case_sensitive=False,
+                                  help="net (needs --model), sharpen (scene-fitted regression "
+                                       "sharpening on the aux; default without a model) or "
+                                       "bicubic (plain interpolation, aux optional)."),
+    res: float = typer.Option(None, "--res", help="Fine resolution in metres (default: the "
+                              "model's, else 500)."),
+    factor: int = typer.Option(None, "--factor", help="Coarse/fine factor, 2..64 (default: "
+                               "the model's, else from the input's cell size)."),
+    crs: str = typer.Option(None, "--crs", help="Projected CRS of the grids, e.g. EPSG:3035 "
+                            "(default: the input's, or a local UTM zone)."),
+    tile: int = typer.Option(None, "--tile", help="Tile core size in fine pixels, rounded to "
+                             "whole coarse cells (default 512 for a network, 1024 otherwise)."),
+    overlap: int = typer.Option(None, "--overlap", help="Context per tile side in fine pixels, "
+                                "blended across tiles (default from the method)."),
+    device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", case_sensitive=False,
+                                        help="Where the network runs (auto: a GPU when present)."),
+    workers: int = typer.Option(None, "--workers", help="Local tile threads (default "
+                                "min(4, CPUs))."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Run tiles on a dask cluster: "
+                                  "scheduler address (tcp://host:8786) or scheduler-file path."),
+    conserve: bool = typer.Option(None, "--conserve/--no-conserve", help="Make each coarse "
+                                  "cell's mean of the output equal the input (default: on, "
+                                  "except for bicubic)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Downscale coarse rasters onto the fine grid, guided by aux rasters; writes COGs."""
+    cfg = DownscaleConfig(
+        coarse=tuple(coarse), aux=parse_layers(aux or ()), out=out, out_dir=out_dir,
+        model=model, method=method, res_m=res, factor=factor, crs=crs, tile_px=tile,
+        overlap_px=overlap, device=device.value, workers=workers, scheduler=scheduler,
+        conserve=conserve, overwrite=overwrite,
+        command=shlex.join(["geosr", *sys.argv[1:]]),
+    )
+    with progress_bar(ctx, enabled=not json_out) as progress:
+        result = downscale(cfg, progress=progress)
+    summary = {**result.to_dict(), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    if json_out:
+        emit_json(summary)
+        return
+    # The final line is printed even with --quiet.
+    o = result.outputs
+    where = str(o[0].path) if len(o) == 1 else f"{len(o)} files in {Path(o[0].path).parent}"
+    bands = sum(x.bands for x in o)
+    label = METHOD_LABELS[result.method] + (f" {result.model}" if result.model else "")
+    stdout.print(
+        f"downscaled {len(o)} input(s) -> {where}: {result.method.value} ({label}"
+        f"{', conserved' if result.conserve else ''}), {bands} band(s), "
+        f"{o[0].width}x{o[0].height} px at {result.res_m:g} m, {result.seconds:.1f} s, "
+        f"{result.mpx_per_s:.2f} Mpx/s", highlight=False, soft_wrap=True)

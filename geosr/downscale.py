@@ -1,0 +1,823 @@
+"""``geosr downscale``: streaming tiled inference onto the fine grid, written as a COG.
+
+Data path, per coarse input: plan the grids exactly as ``prepare`` does
+(:func:`geosr.align.plan_grids`); read the coarse field onto the coarse grid with
+area-weighted averaging (held in memory for a group of bands: the coarse grid has
+``factor**2`` times fewer cells than the output, 800 x 800 cells for a 16 000 px
+square output at factor 20); then, tile by tile (:mod:`geosr.tiling`), read only the
+aux windows the tile needs on the fine grid, predict, blend the overlapping tiles with
+weights that sum to 1, apply the per-coarse-cell conservation correction to the
+completed rows, and write them to a temporary GeoTIFF. The GeoTIFF is then copied to
+a Cloud-Optimized GeoTIFF beside the final name and renamed into place. Memory
+therefore follows the tile size and the grid width, not the raster size.
+
+Methods (:class:`Method`): ``net`` (a trained model bundle), ``sharpen`` (scene-fitted
+regression sharpening, :mod:`geosr.baselines`; needs no training data) and ``bicubic``.
+
+Tiles run on local threads, or on a dask distributed cluster (``scheduler``): each task
+then reads its own windows from the paths and returns the tile array, so the paths must
+be visible from the workers. The writer stays on the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from geosr import __version__
+from geosr.align import check_coverage, plan_grids, resampling_for
+from geosr.errors import BundleError, InputError, ProcessingError
+from geosr.grid import Grid
+from geosr.io import (
+    TMP_TAG,
+    AlignedReader,
+    RasterInfo,
+    atomic_path,
+    check_output_file,
+    gdal_env,
+    open_writer,
+    raster_info,
+    translate_to_cog,
+)
+from geosr.sources import LayerSpec, layer_name_from_path
+from geosr.tiling import RowStitcher, Tile, TilePlan, plan_tiles
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+class Method(str, Enum):
+    """Values of ``--method``."""
+
+    net = "net"
+    sharpen = "sharpen"
+    bicubic = "bicubic"
+
+
+METHOD_LABELS = {
+    Method.net: "network",
+    Method.sharpen: "regression sharpening",
+    Method.bicubic: "bicubic interpolation",
+}
+# Whether the per-coarse-cell correction is applied when --conserve is not given.
+# Plain bicubic stays plain interpolation unless asked.
+CONSERVE_DEFAULT = {Method.net: True, Method.sharpen: True, Method.bicubic: False}
+DEFAULT_TILE_PX = {Method.net: 512, Method.sharpen: 1024, Method.bicubic: 1024}
+# Context per side, in coarse cells. The outer half of it gets zero blend weight, so it
+# must cover the method's support: 1 cell for the bilinear residual of ``sharpen``,
+# 2 cells for bicubic.
+DEFAULT_OVERLAP_CELLS = {Method.sharpen: 2, Method.bicubic: 4}
+DEFAULT_RES_M = 500.0
+MAX_DEFAULT_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class DownscaleConfig:
+    """Options of ``geosr downscale``.
+
+    Attributes:
+        coarse: coarse input rasters (bands = time steps), any CRS/format GDAL reads.
+        aux: auxiliary layers on (or warped to) the fine grid.
+        out: output file; only with a single input.
+        out_dir: output folder; default: beside each input, named ``<stem>_<res>m.tif``.
+        model: model bundle path or shipped model name; implies ``method=net``.
+        method: ``net``, ``sharpen`` or ``bicubic``; default ``net`` with a model, else
+            ``sharpen``.
+        res_m: fine resolution in metres (default: the model's, else 500).
+        factor: coarse/fine factor (default: the model's, else from the input cell size).
+        crs: projected CRS of the grids (default: the input's, or a local UTM zone).
+        tile_px: core tile size in fine pixels (rounded to whole coarse cells).
+        overlap_px: context per tile side in fine pixels (default from the method).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: local tile threads (default ``min(4, CPUs)``).
+        scheduler: dask scheduler address (``tcp://host:port``) or scheduler-file path.
+        conserve: force the conservation correction on/off (None: method default).
+        overwrite: replace existing outputs.
+        command: the command line, recorded in the output tags.
+        memory_mb: budget for stitch buffers and tiles in flight; bands are processed
+            in groups that fit (the peak also holds the model and libraries).
+        tile_batch: tiles per network call (default 1 on CPU, 8 on a GPU).
+    """
+
+    coarse: tuple[str, ...]
+    aux: tuple[LayerSpec, ...] = ()
+    out: Path | None = None
+    out_dir: Path | None = None
+    model: str | None = None
+    method: Method | None = None
+    res_m: float | None = None
+    factor: int | None = None
+    crs: str | None = None
+    tile_px: int | None = None
+    overlap_px: int | None = None
+    device: str = "auto"
+    workers: int | None = None
+    scheduler: str | None = None
+    conserve: bool | None = None
+    overwrite: bool = False
+    command: str = ""
+    memory_mb: int = 384
+    tile_batch: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSummary:
+    """One written output."""
+
+    path: Path
+    source: str
+    bands: int
+    height: int
+    width: int
+    seconds: float
+
+    @property
+    def megapixels(self) -> float:
+        return self.bands * self.height * self.width / 1e6
+
+
+@dataclass
+class DownscaleResult:
+    """What ``downscale`` made."""
+
+    outputs: list[OutputSummary]
+    method: Method
+    conserve: bool
+    factor: int
+    res_m: float
+    tile_px: int
+    overlap_px: int
+    seconds: float
+    model: str | None = None
+    model_sha256: str | None = None
+    aux: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def megapixels(self) -> float:
+        return sum(o.megapixels for o in self.outputs)
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "outputs": [
+                {"path": str(o.path), "source": o.source, "bands": o.bands,
+                 "shape": [o.bands, o.height, o.width], "seconds": round(o.seconds, 3)}
+                for o in self.outputs
+            ],
+            "method": self.method.value, "conserve": self.conserve, "factor": self.factor,
+            "res_m": self.res_m, "tile_px": self.tile_px, "overlap_px": self.overlap_px,
+            "model": self.model, "model_sha256": self.model_sha256, "aux": list(self.aux),
+            "seconds": round(self.seconds, 3), "megapixels": round(self.megapixels, 3),
+            "mpx_per_s": round(self.mpx_per_s, 3),
+        }
+
+
+# --------------------------------------------------------------------------- tile work
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs to predict tiles of one input; no open handles.
+
+    Attributes:
+        method: the method.
+        fine: the fine grid (aux are read onto it).
+        factor: fine pixels per coarse cell.
+        aux: ``(path, resampling)`` per aux layer, in the order the method expects.
+        fits: per-band regression fits (``sharpen``).
+        model_path: bundle path (``net``), for workers that load it themselves.
+        device: device string for workers that load the model themselves.
+        model_conserve: the ``conserve`` given to the Predictor.
+        batch: samples per network call.
+    """
+
+    method: Method
+    fine: Grid
+    factor: int
+    aux: tuple[tuple[str, Resampling], ...] = ()
+    fits: tuple[Any, ...] = ()
+    model_path: str | None = None
+    device: str = "cpu"
+    model_conserve: bool | None = None
+    batch: int = 1
+
+
+class _Readers:
+    """Aligned readers kept open per thread (GDAL handles are not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[AlignedReader] = []
+
+    def get(self, path: str, grid: Grid, resampling: Resampling) -> AlignedReader:
+        cache = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        key = (path, grid, resampling)
+        rd = cache.get(key)
+        if rd is None:
+            rd = AlignedReader(path, grid, resampling).__enter__()
+            cache[key] = rd
+            with self._lock:
+                self._open.append(rd)
+        return rd
+
+    def close(self) -> None:
+        with self._lock:
+            for rd in self._open:
+                rd.__exit__(None, None, None)
+            self._open.clear()
+
+
+@dataclass
+class Resources:
+    """Per-process helpers for :func:`predict_tiles`: open readers and a loaded model."""
+
+    readers: _Readers | None = None
+    predictor: Any = None
+
+
+_PREDICTORS: dict[tuple, Any] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def _worker_predictor(job: TileJob) -> Any:
+    """The job's model, loaded once per worker process (dask path)."""
+    key = (job.model_path, job.device, job.model_conserve)
+    with _PREDICTORS_LOCK:
+        if key not in _PREDICTORS:
+            from geosr.bundle import Predictor, load_bundle
+            from geosr.device import resolve_device
+
+            _PREDICTORS[key] = Predictor(load_bundle(job.model_path),
+                                         device=resolve_device(job.device),
+                                         conserve=job.model_conserve)
+        return _PREDICTORS[key]
+
+
+def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.ndarray],
+                  res: Resources | None = None) -> list[np.ndarray]:
+    """Predict tiles: read their aux windows, run the method.
+
+    Args:
+        job: what to run.
+        tiles: tiles of one shape (their ``read`` windows are predicted).
+        coarse_wins: per tile, the coarse field ``(bands, h, w)`` under ``tile.read``.
+        res: open readers / loaded model; None (dask workers) opens what is needed here.
+
+    Returns:
+        Per tile, ``(bands, read rows, read cols)`` float32 with NaN nodata.
+    """
+    from geosr.baselines import sharpen_tile, upsample
+
+    with contextlib.ExitStack() as stack:
+        def reader(path: str, resampling: Resampling) -> AlignedReader:
+            if res is not None and res.readers is not None:
+                return res.readers.get(path, job.fine, resampling)
+            return stack.enter_context(AlignedReader(path, job.fine, resampling))
+
+        auxes = []
+        for tile in tiles:
+            if job.aux:
+                auxes.append(np.concatenate([reader(p, r).read(tile.read, 1)
+                                             for p, r in job.aux]))
+            else:
+                h, w = int(tile.read.height), int(tile.read.width)
+                auxes.append(np.zeros((0, h, w), np.float32))
+
+    f = job.factor
+    if job.method is Method.bicubic:
+        return [upsample(c, f, "bicubic") for c in coarse_wins]
+    if job.method is Method.sharpen:
+        return [np.stack([sharpen_tile(job.fits[b], c[b], a, f, conserve=False)
+                          for b in range(c.shape[0])])
+                for c, a in zip(coarse_wins, auxes, strict=True)]
+    predictor = res.predictor if res is not None and res.predictor is not None \
+        else _worker_predictor(job)
+    bands = coarse_wins[0].shape[0]
+    coarse = np.concatenate(coarse_wins).astype(np.float32)
+    aux = np.concatenate([np.repeat(a[None], bands, axis=0) for a in auxes]) if job.aux else None
+    outs = []
+    for k in range(0, coarse.shape[0], max(1, job.batch)):
+        outs.append(np.asarray(predictor.predict(
+            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch]),
+            dtype=np.float32))
+    pred = np.concatenate(outs)
+    return [pred[i * bands:(i + 1) * bands] for i in range(len(tiles))]
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class _LocalEngine:
+    """Local threads; keeps readers open per thread."""
+
+    def __init__(self, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geosr-tile")
+        self.readers = _Readers()
+        self.slots = 2 * workers
+
+    def submit(self, job: TileJob, tiles, coarse_wins, predictor):
+        return self.pool.submit(predict_tiles, job, tiles, coarse_wins,
+                                Resources(self.readers, predictor))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.readers.close()
+
+
+class _DaskEngine:
+    """A dask distributed cluster; each task opens its own readers."""
+
+    def __init__(self, address: str):
+        try:
+            from dask.distributed import Client
+        except ImportError as e:  # pragma: no cover - dask[distributed] is a dependency
+            raise InputError("--scheduler needs dask.distributed; "
+                             "pip install 'dask[distributed]'") from e
+        kw: dict[str, Any] = {"timeout": "20s", "set_as_default": False}
+        if "://" in address:
+            target = {"address": address}
+        elif Path(address).is_file():
+            target = {"scheduler_file": address}
+        else:
+            raise InputError(f"--scheduler {address!r}: neither an address (tcp://host:port) nor "
+                             "an existing scheduler file; expected e.g. tcp://10.0.0.5:8786 or "
+                             "~/scheduler.json")
+        try:
+            self.client = Client(**target, **kw)
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"--scheduler {address}: cannot connect ({e}); is the scheduler "
+                             "running and reachable from here?") from e
+        threads = sum(self.client.nthreads().values()) or 1
+        self.workers = threads
+        self.slots = 2 * threads
+        log.info("dask: %d worker thread(s) at %s", threads, self.client.scheduler.address)
+
+    def submit(self, job: TileJob, tiles, coarse_wins, predictor):
+        return self.client.submit(predict_tiles, job, list(tiles), list(coarse_wins), None,
+                                  pure=False)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ordered(engine, items: Iterator[tuple], job: TileJob, predictor) -> Iterator[tuple]:
+    """Submit ``(tiles, coarse_wins)`` items, at most ``engine.slots`` in flight; yield
+    ``(tiles, predictions)`` in submission order."""
+    pending: deque = deque()
+    try:
+        for tiles, wins in items:
+            pending.append((tiles, engine.submit(job, tiles, wins, predictor)))
+            while len(pending) >= engine.slots:
+                t, fut = pending.popleft()
+                yield t, fut.result()
+        while pending:
+            t, fut = pending.popleft()
+            yield t, fut.result()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _default_output(path: str, res_m: float, out_dir: Path | None) -> Path:
+    name = f"{layer_name_from_path(path)}_{res_m:g}m.tif"
+    if out_dir is not None:
+        return Path(out_dir) / name
+    file_part = path
+    if ":" in path and path.split(":", 1)[0].isupper() and not Path(path).exists():
+        file_part = path.split(":")[1].strip('"')  # NETCDF:"file.nc":var
+    return Path(file_part).parent / name
+
+
+def match_aux(specs: Sequence[LayerSpec], expected: Sequence[str], *, model: str,
+              categorical: Sequence[bool] | None = None) -> tuple[LayerSpec, ...]:
+    """Order the user's aux layers as a model expects them.
+
+    By name (file stem or ``name=path``) when every expected name is given; when the
+    counts agree but some names differ, the names that match pair by name and the
+    rest by order (logged). A missing or extra layer is an input error naming what the
+    model expects.
+    """
+    expected = list(expected)
+    want = ", ".join(expected) or "none"
+    got = ", ".join(s.name for s in specs) or "none"
+    if len(specs) != len(expected):
+        missing = [n for n in expected if n not in {s.name for s in specs}]
+        extra = [s.name for s in specs if s.name not in expected]
+        detail = "; ".join(p for p in (f"missing: {', '.join(missing)}" if missing else "",
+                                       f"extra: {', '.join(extra)}" if extra else "") if p)
+        hint = " ".join(f"{n}=PATH" for n in expected)
+        raise BundleError(
+            f"--aux: model {model} expects {len(expected)} aux layer(s): {want}; got "
+            f"{len(specs)}: {got}" + (f" ({detail})" if detail else "")
+            + (f"; pass --aux {hint}" if expected else "; drop --aux"))
+    by_name = {s.name: s for s in specs}
+    rest = [s for s in specs if s.name not in expected]
+    ordered = []
+    for name in expected:
+        if name in by_name:
+            ordered.append(by_name[name])
+        else:
+            s = rest.pop(0)
+            log.warning("--aux %s=%s used as the model's %r (matched by order; name it %s=PATH "
+                        "to match by name)", s.name, s.path, name, name)
+            ordered.append(LayerSpec(name=name, path=s.path, categorical=s.categorical))
+    if categorical is not None:
+        ordered = [LayerSpec(s.name, s.path, s.categorical or bool(c))
+                   for s, c in zip(ordered, categorical, strict=True)]
+    return tuple(ordered)
+
+
+def _band_groups(n_bands: int, per_band_bytes: int, budget_bytes: int) -> list[list[int]]:
+    size = max(1, min(n_bands, budget_bytes // max(per_band_bytes, 1)))
+    return [list(range(b, min(b + size, n_bands))) for b in range(0, n_bands, size)]
+
+
+def _batches(plan: TilePlan, row: int, size: int) -> Iterator[list[Tile]]:
+    """Consecutive tiles of one tile row with the same read shape, ``size`` at most."""
+    batch: list[Tile] = []
+    for tile in plan.row_tiles(row):
+        shape = (tile.read.height, tile.read.width)
+        if batch and (len(batch) >= size or (batch[0].read.height, batch[0].read.width) != shape):
+            yield batch
+            batch = []
+        batch.append(tile)
+    if batch:
+        yield batch
+
+
+def _conserve_rows(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Per-coarse-cell additive correction over valid fine cells (see baselines)."""
+    from geosr.baselines import conserve_blocks
+
+    out = np.empty_like(fine)
+    for b in range(fine.shape[0]):
+        out[b] = conserve_blocks(fine[b], coarse[b], factor)
+    return out
+
+
+@dataclass
+class _Plan:
+    """One input's resolved plan."""
+
+    info: RasterInfo
+    out: Path
+    fine: Grid
+    coarse: Grid
+    tiles: TilePlan
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def downscale(cfg: DownscaleConfig, *, progress: Progress | None = None) -> DownscaleResult:
+    """Downscale each coarse input onto the fine grid and write one COG per input.
+
+    See :class:`DownscaleConfig` for the options and the module docstring for the data
+    path. Outputs are checked up front (an existing output without ``overwrite`` fails
+    before any work) and written atomically.
+    """
+    with gdal_env():
+        return _downscale(cfg, progress)
+
+
+def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResult:
+    t0 = time.perf_counter()
+    if not cfg.coarse:
+        raise InputError("no input: give one or more COARSE rasters")
+    if cfg.out is not None and len(cfg.coarse) > 1:
+        raise InputError(f"-o {cfg.out} names one file but {len(cfg.coarse)} inputs were given; "
+                         "use --out-dir DIR for several inputs")
+    if cfg.out is not None and cfg.out_dir is not None:
+        raise InputError("-o and --out-dir both given; expected one of them")
+    method = _resolve_method(cfg)
+    conserve = CONSERVE_DEFAULT[method] if cfg.conserve is None else bool(cfg.conserve)
+
+    bundle = model_path = None
+    if method is Method.net:
+        from geosr.bundle import load_bundle, resolve_model
+
+        model_path = resolve_model(cfg.model)
+        bundle = load_bundle(model_path)
+
+    factor, res_m = _resolve_scale(cfg, bundle)
+    infos = [raster_info(p) for p in cfg.coarse]
+    aux = _resolve_aux(cfg, method, bundle)
+    aux_infos = [raster_info(s.path) for s in aux]
+
+    outs = [Path(cfg.out) if cfg.out is not None else _default_output(i.path, res_m, cfg.out_dir)
+            for i in infos]
+    seen: dict[Path, str] = {}
+    for info, out in zip(infos, outs, strict=True):
+        key = out.resolve()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {info.path} would both be written to {out}; "
+                             "rename one input or run them separately")
+        seen[key] = info.path
+        check_output_file(out, overwrite=cfg.overwrite)
+
+    grids = []
+    for info in infos:
+        fine, coarse = plan_grids(info, res_m=res_m, factor=factor, crs=cfg.crs)
+        check_coverage(info, coarse, option="COARSE")
+        for spec, ainfo in zip(aux, aux_infos, strict=True):
+            check_coverage(ainfo, fine, option=f"--aux {spec.name}")
+        grids.append((fine, coarse))
+
+    from geosr.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    workers = cfg.workers if cfg.workers is not None else min(MAX_DEFAULT_WORKERS, _cpu_count())
+    if workers < 1:
+        raise InputError(f"--workers {workers}: expected 1 or more")
+    predictor = None
+    if bundle is not None:
+        from geosr.bundle import Predictor
+
+        predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
+    tile_px = cfg.tile_px or DEFAULT_TILE_PX[method]
+    plans = []
+    for info, out, (fine, coarse) in zip(infos, outs, grids, strict=True):
+        f = fine.width // coarse.width
+        if cfg.overlap_px is not None:
+            overlap_px = cfg.overlap_px
+        elif predictor is not None:
+            overlap_px = 2 * max(1, math.ceil(predictor.halo_coarse)) * f
+        else:
+            overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
+        tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
+                           overlap_px=overlap_px)
+        plans.append(_Plan(info, out, fine, coarse, tiles))
+    tile_batch = cfg.tile_batch or (8 if device.type == "cuda" else 1)
+
+    tags = {
+        "GEOSR_VERSION": __version__, "GEOSR_METHOD": method.value,
+        "GEOSR_CONSERVE": str(conserve).lower(), "GEOSR_RES_M": f"{res_m:g}",
+        "GEOSR_AUX": ",".join(s.name for s in aux),
+        "GEOSR_AUX_FILES": ";".join(f"{s.name}={os.path.abspath(s.path)}" for s in aux),
+        "TIFFTAG_SOFTWARE": f"geosr {__version__}",
+    }
+    if bundle is not None:
+        tags.update(GEOSR_MODEL=str(cfg.model), GEOSR_MODEL_SHA256=bundle.sha256)
+    if cfg.command:
+        tags["GEOSR_COMMAND"] = cfg.command
+
+    engine = _DaskEngine(cfg.scheduler) if cfg.scheduler else _LocalEngine(workers)
+    summaries = []
+    try:
+        with _torch_threads(max(1, _cpu_count() // max(engine.workers, 1))
+                            if not cfg.scheduler else None):
+            for p in plans:
+                t1 = time.perf_counter()
+                job = TileJob(
+                    method=method, fine=p.fine, factor=p.tiles.factor,
+                    aux=tuple((s.path, resampling_for(i, p.fine, categorical=s.categorical))
+                              for s, i in zip(aux, aux_infos, strict=True)),
+                    model_path=str(model_path) if model_path else None, device=str(device),
+                    model_conserve=cfg.conserve, batch=max(1, tile_batch),
+                )
+                ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
+                         "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,
+                         "GEOSR_SOURCE": os.path.abspath(p.info.path)}
+                _run_one(p, job, engine, predictor, aux, conserve=conserve, bundle=bundle,
+                         tags=ptags, tile_batch=tile_batch, memory_mb=cfg.memory_mb,
+                         overwrite=cfg.overwrite, progress=progress)
+                summaries.append(OutputSummary(p.out, p.info.path, p.info.count, p.fine.height,
+                                               p.fine.width, time.perf_counter() - t1))
+    finally:
+        engine.close()
+    first = plans[0].tiles
+    return DownscaleResult(
+        outputs=summaries, method=method, conserve=conserve, factor=first.factor, res_m=res_m,
+        tile_px=first.tile_px, overlap_px=first.overlap_px, seconds=time.perf_counter() - t0,
+        model=str(cfg.model) if cfg.model else None,
+        model_sha256=bundle.sha256 if bundle is not None else None,
+        aux=tuple(s.name for s in aux),
+    )
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Give each of the tile threads its share of the cores (restored afterwards)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resolve_method(cfg: DownscaleConfig) -> Method:
+    method = Method(cfg.method) if cfg.method is not None else None
+    if cfg.model:
+        if method not in (None, Method.net):
+            raise InputError(f"--method {method.value} does not use a model but --model "
+                             f"{cfg.model} was given; drop one of them")
+        return Method.net
+    if method is Method.net:
+        raise InputError("--method net needs --model PATH or the name of a shipped model; "
+                         "without one use --method sharpen (default) or bicubic")
+    return method or Method.sharpen
+
+
+def _resolve_scale(cfg: DownscaleConfig, bundle) -> tuple[int | None, float]:
+    if bundle is None:
+        return cfg.factor, float(cfg.res_m or DEFAULT_RES_M)
+    if cfg.factor is not None and int(cfg.factor) != int(bundle.factor):
+        raise BundleError(f"--factor {cfg.factor} does not match model {cfg.model}, trained for "
+                          f"factor {bundle.factor}; omit --factor or use a model for that factor")
+    res_m = float(cfg.res_m or bundle.res_m)
+    if not math.isclose(res_m, float(bundle.res_m), rel_tol=1e-6):
+        log.warning("--res %g m differs from the %g m model %s was trained at", res_m,
+                    bundle.res_m, cfg.model)
+    return int(bundle.factor), res_m
+
+
+def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpec, ...]:
+    if bundle is not None:
+        specs = getattr(bundle, "aux", None)
+        cats = [bool(getattr(s, "categorical", False)) for s in specs] if specs else None
+        return match_aux(cfg.aux, list(bundle.aux_names), model=str(cfg.model), categorical=cats)
+    if method is Method.bicubic:
+        if cfg.aux:
+            log.info("--method bicubic ignores --aux")
+        return ()
+    usable = []
+    for s in cfg.aux:
+        if s.categorical:
+            log.warning("--aux %s is categorical; regression sharpening uses continuous aux "
+                        "only, so it is skipped", s.name)
+        else:
+            usable.append(s)
+    if not usable:
+        raise InputError("--method sharpen needs at least one continuous --aux layer (e.g. "
+                         "--aux dem.tif); without aux use --method bicubic")
+    return tuple(usable)
+
+
+def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec], *,
+             conserve: bool, bundle, tags: dict, tile_batch: int, memory_mb: int,
+             overwrite: bool, progress: Progress | None) -> None:
+    """Downscale one input into ``p.out``."""
+    info, fine, coarse_grid, plan = p.info, p.fine, p.coarse, p.tiles
+    f = plan.factor
+    n_bands = info.count
+    name = Path(p.out).name
+    log.info("%s: %dx%d px at %g m (factor %d), %d band(s), %d tile(s) of %d px + %d px "
+             "overlap, method %s", info.path, fine.width, fine.height, fine.res, f, n_bands,
+             len(plan), plan.tile_px, plan.overlap_px, job.method.value)
+
+    read_px = max(int(t.read.height * t.read.width) for t in plan.row_tiles(0))
+    stitch_rows = max(plan.rows.blend(i).size for i in range(plan.rows.count)) + 3 * f \
+        + plan.overlap_px
+    per_band = 4 * (stitch_rows * fine.width + (engine.slots * tile_batch + 2) * read_px
+                    + coarse_grid.width * coarse_grid.height)
+    groups = _band_groups(n_bands, per_band, memory_mb << 20)
+
+    aux_coarse = None
+    if job.method is Method.sharpen:
+        aux_coarse = np.concatenate([
+            _read_whole(s.path, coarse_grid, Resampling.average, [1]) for s in aux])
+
+    variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
+        else layer_name_from_path(info.path)
+    units_default = getattr(bundle, "units", "") if bundle is not None else ""
+    descriptions = [info.descriptions[b] if b < len(info.descriptions) and info.descriptions[b]
+                    else variable for b in range(n_bands)]
+    units = [info.units[b] if b < len(info.units) and info.units[b] else units_default
+             for b in range(n_bands)]
+
+    total = len(plan) * len(groups)
+    done = 0
+    if progress:
+        progress(name, 0, total)
+    with atomic_path(p.out, overwrite=overwrite) as tmp_cog:
+        tmp_tif = tmp_cog.with_name(f"{tmp_cog.stem}-stage.tif")
+        if TMP_TAG not in tmp_tif.name:  # pragma: no cover - atomic_path names carry the tag
+            raise ProcessingError(f"{tmp_tif}: temporary name lacks {TMP_TAG}")
+        try:
+            dst = open_writer(tmp_tif, fine, n_bands, descriptions=descriptions, units=units,
+                              tags=tags)
+            try:
+                for b in range(n_bands):
+                    if b < len(info.dates) and info.dates[b]:
+                        dst.update_tags(b + 1, DATE_TIME=info.dates[b])
+                with AlignedReader(info.path, coarse_grid,
+                                   resampling_for(info, coarse_grid, coarse_input=True)) as crd:
+                    for group in groups:
+                        coarse = crd.read(None, [b + 1 for b in group])
+                        if not np.isfinite(coarse).any():
+                            log.warning("%s bands %s: no valid coarse cells in the grid; the "
+                                        "output is nodata there", info.path,
+                                        f"{group[0] + 1}-{group[-1] + 1}")
+                        gjob = job
+                        if job.method is Method.sharpen:
+                            gjob = _with_fits(job, coarse, aux_coarse, info, group, dst)
+                        stitch = RowStitcher(plan, bands=len(group))
+                        for tiles, preds in _ordered(
+                                engine, _tile_items(plan, coarse, tile_batch), gjob, predictor):
+                            for tile, pred in zip(tiles, preds, strict=True):
+                                stitch.add(tile, pred)
+                            done += len(tiles)
+                            if progress:
+                                progress(name, done, total)
+                            if tiles[-1].col == plan.cols.count - 1:
+                                _flush(stitch.finish_row(), dst, coarse, group, fine, f,
+                                       conserve)
+            finally:
+                dst.close()
+            if progress:
+                progress(f"{name} (COG)", 0, 1)
+            translate_to_cog(tmp_tif, tmp_cog)
+            if progress:
+                progress(f"{name} (COG)", 1, 1)
+        finally:
+            for path in (tmp_tif, Path(f"{tmp_tif}.aux.xml")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int) -> Iterator[tuple]:
+    for i in range(plan.rows.count):
+        for tiles in _batches(plan, i, tile_batch):
+            wins = []
+            for t in tiles:
+                c = plan.coarse(t.read)
+                wins.append(np.ascontiguousarray(
+                    coarse[:, c.row_off:c.row_off + c.height, c.col_off:c.col_off + c.width]))
+            yield tiles, wins
+
+
+def _flush(done: tuple[int, np.ndarray] | None, dst, coarse: np.ndarray, group: list[int],
+           fine: Grid, f: int, conserve: bool) -> None:
+    if done is None:
+        return
+    top, arr = done
+    if conserve:
+        c0 = top // f
+        arr = _conserve_rows(arr, coarse[:, c0:c0 + arr.shape[1] // f], f)
+    dst.write(arr, [b + 1 for b in group], window=Window(0, top, fine.width, arr.shape[1]))
+
+
+def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: np.ndarray, info: RasterInfo,
+               group: list[int], dst) -> TileJob:
+    """Fit the sharpening regression per band on the whole scene (coarse scale)."""
+    from dataclasses import replace
+
+    from geosr.baselines import fit_sharpen
+
+    fits = []
+    for k, b in enumerate(group):
+        fit = fit_sharpen(coarse[k], aux_coarse)
+        log.info("%s band %d: sharpening fit R2 %.3f over %d cells (coef %s)", info.path, b + 1,
+                 fit.r2, fit.n, np.array2string(fit.coef, precision=4))
+        dst.update_tags(b + 1, GEOSR_SHARPEN_R2=f"{fit.r2:.4f}",
+                        GEOSR_SHARPEN_COEF=",".join(f"{c:.6g}" for c in fit.coef),
+                        GEOSR_SHARPEN_INTERCEPT=f"{fit.intercept:.6g}")
+        fits.append(fit)
+    # Indexing in predict_tiles is by position within the group.
+    return replace(job, fits=tuple(fits))
+
+
+def _read_whole(path: str, grid: Grid, resampling: Resampling, bands: list[int]) -> np.ndarray:
+    with AlignedReader(path, grid, resampling) as rd:
+        return rd.read(None, bands)

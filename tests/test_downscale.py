@@ -1,0 +1,394 @@
+"""`geosr downscale`: tiling invariance, seams, conservation, COG output, atomicity, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import terrain, write_raster
+from typer.testing import CliRunner
+
+import geosr.downscale as ds
+from geosr.align import block_mean
+from geosr.baselines import sharpen, upsample
+from geosr.cli import app
+from geosr.downscale import DownscaleConfig, Method, downscale, match_aux
+from geosr.errors import BundleError, InputError
+from geosr.sources import LayerSpec, parse_layers
+
+runner = CliRunner()
+F = 8  # factor: 4 km coarse cells over a 500 m grid
+ORIGIN = (600_000.0, 5_100_000.0)
+
+
+def _scene(root: Path, *, hc: int = 80, wc: int = 100, bands: int = 2, coarse_nan: bool = False,
+           aux_nan: bool = False) -> dict:
+    """A DEM on the 500 m grid, a DEM-driven temperature and its exact 4 km block means."""
+    dem = terrain((hc * F, wc * F), seed=3)
+    rng = np.random.default_rng(5)
+    days = []
+    for b in range(bands):
+        t = 18 + b - (0.0055 + 0.001 * b) * dem + rng.normal(0, 0.2, dem.shape)
+        days.append(block_mean(t.astype(np.float32), F))
+    coarse = np.stack(days)
+    if coarse_nan:
+        coarse[:, 20:26, 30:37] = np.nan  # a lake of nodata across a tile border
+        coarse[:, 5, 60] = np.nan
+    if aux_nan:
+        dem = dem.copy()
+        dem[300:340, 500:560] = np.nan
+    aux = write_raster(root / "dem.tif", dem, res=500.0, origin=ORIGIN)
+    src = write_raster(root / "t2m.tif", coarse, res=500.0 * F, origin=ORIGIN,
+                       band_tags=[{"DATE_TIME": f"2020-07-0{b + 1}"} for b in range(bands)])
+    return {"coarse": src, "aux": aux, "coarse_arr": coarse, "dem": dem}
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return _scene(tmp_path)
+
+
+def _run(scene, out, **kw):
+    cfg = DownscaleConfig(coarse=(str(scene["coarse"]),),
+                          aux=parse_layers([str(scene["aux"])]), out=out, **kw)
+    result = downscale(cfg)
+    with rasterio.open(result.outputs[0].path) as src:
+        return src.read(), result
+
+
+def _border_stat(arr: np.ndarray, plan) -> tuple[float, float]:
+    """Mean |gradient| across tile borders vs across the other coarse-cell borders.
+
+    Tile borders are coarse-cell borders by construction, and a conserving method has
+    structure at every cell border, so the fair "elsewhere" is the other cell borders.
+    Both axes are pooled.
+    """
+    on, off = [], []
+    for axis, edges in ((-1, plan.cols.edges), (-2, plan.rows.edges)):
+        g = np.moveaxis(np.abs(np.diff(arr, axis=axis)), axis, -1)  # k: between k and k+1
+        tile = np.zeros(g.shape[-1], bool)
+        tile[[e - 1 for e in edges[1:-1]]] = True
+        cell = np.zeros(g.shape[-1], bool)
+        cell[F - 1::F] = True
+        on.append(g[..., tile].ravel())
+        off.append(g[..., cell & ~tile].ravel())
+    return float(np.nanmean(np.concatenate(on))), float(np.nanmean(np.concatenate(off)))
+
+
+# --------------------------------------------------------------------------- invariance
+
+
+@pytest.mark.parametrize("method", ["sharpen", "bicubic"])
+def test_result_does_not_depend_on_tile_size(scene, tmp_path, method):
+    a, ra = _run(scene, tmp_path / "a.tif", method=Method(method), tile_px=128)
+    b, rb = _run(scene, tmp_path / "b.tif", method=Method(method), tile_px=512)
+    assert ra.tile_px == 128 and rb.tile_px == 512
+    std = float(np.nanstd(b))
+    assert np.nanmax(np.abs(a - b)) < 1e-3 * std
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+
+
+def test_sharpen_tiled_equals_whole_array(scene, tmp_path):
+    out, _ = _run(scene, tmp_path / "o.tif", tile_px=128)
+    c = scene["coarse_arr"]
+    whole = np.stack([sharpen(c[b], scene["dem"][None], F) for b in range(c.shape[0])])
+    np.testing.assert_allclose(out, whole, atol=1e-4)
+
+
+def test_no_visible_seams(scene, tmp_path):
+    out, res = _run(scene, tmp_path / "o.tif", tile_px=64)
+    plan = ds.plan_tiles(out.shape[1], out.shape[2], factor=F, tile_px=64,
+                         overlap_px=res.overlap_px)
+    at_border, elsewhere = _border_stat(out, plan)
+    assert abs(at_border / elsewhere - 1) < 0.05
+
+
+class _TileDependentPredictor:
+    """A fake network whose output depends on the whole tile (like global attention)."""
+
+    factor = F
+    aux_names = ("dem",)
+    halo_coarse = 2
+
+    def predict(self, coarse, aux):
+        base = upsample(coarse, F, "bicubic")
+        # a tile-dependent offset: would show as a step at every tile border unblended
+        offset = np.nanmean(coarse, axis=(-2, -1), keepdims=True) * 0.05
+        return base + offset + 0.0 * aux[:, 0]
+
+
+def _fake_bundle_module(monkeypatch, predictor_cls=_TileDependentPredictor, aux_names=("dem",)):
+    bundle = types.SimpleNamespace(aux_names=aux_names, factor=F, res_m=500.0, variable="t2m",
+                                   units="degC", sha256="ab" * 32,
+                                   aux=[types.SimpleNamespace(name=n, categorical=False)
+                                        for n in aux_names])
+    calls = {}
+    mod = types.ModuleType("geosr.bundle")
+    mod.resolve_model = lambda spec: Path(spec)
+    mod.load_bundle = lambda path: bundle
+
+    def make(b, device=None, conserve=None):
+        calls["conserve"] = conserve
+        p = predictor_cls()
+        p.aux_names = aux_names
+        return p
+
+    mod.Predictor = make
+    monkeypatch.setitem(sys.modules, "geosr.bundle", mod)
+    return calls
+
+
+def test_blending_hides_seams_of_a_tile_dependent_model(scene, tmp_path, monkeypatch):
+    _fake_bundle_module(monkeypatch)
+    blended, res = _run(scene, tmp_path / "b.tif", model="fake.geosr", tile_px=64,
+                        conserve=False)
+    assert res.method is Method.net and res.overlap_px == 2 * 2 * F
+    plan = ds.plan_tiles(blended.shape[1], blended.shape[2], factor=F, tile_px=64,
+                         overlap_px=res.overlap_px)
+    at_border, elsewhere = _border_stat(blended, plan)
+    assert abs(at_border / elsewhere - 1) < 0.05
+    # the statistic does see seams: without overlap the borders stand out
+    hard, _ = _run(scene, tmp_path / "h.tif", model="fake.geosr", tile_px=64, overlap_px=0,
+                   conserve=False)
+    at_border, elsewhere = _border_stat(hard, plan)
+    assert at_border / elsewhere > 1.05
+
+
+# --------------------------------------------------------------------------- conservation
+
+
+@pytest.mark.parametrize("method", ["sharpen", "bicubic"])
+def test_conservation_across_tiles_and_next_to_nodata(tmp_path, method):
+    sc = _scene(tmp_path, coarse_nan=True, aux_nan=True)
+    out, res = _run(sc, tmp_path / "o.tif", method=Method(method), tile_px=96, conserve=True)
+    assert res.conserve
+    c = sc["coarse_arr"]
+    means = block_mean(out, F)
+    valid = np.isfinite(c)
+    assert np.array_equal(np.isfinite(means), valid)
+    scale = np.nanmax(np.abs(c))
+    assert np.nanmax(np.abs(means - c)) <= 4 * np.finfo(np.float32).eps * scale
+    # nodata cells of the input are nodata in the output, nothing else is
+    up = np.repeat(np.repeat(valid, F, -2), F, -1)
+    assert np.array_equal(np.isfinite(out), up)
+
+
+def test_bicubic_is_plain_interpolation_by_default(scene, tmp_path):
+    out, res = _run(scene, tmp_path / "o.tif", method=Method.bicubic, tile_px=128)
+    assert not res.conserve
+    np.testing.assert_allclose(out, upsample(scene["coarse_arr"], F, "bicubic"), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_output_is_a_valid_cog_with_provenance(scene, tmp_path):
+    out = tmp_path / "out.tif"
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", f"elev={scene['aux']}",
+                            "-o", str(out), "--tile", "256"])
+    assert r.exit_code == 0, r.stderr
+    assert "sharpen" in r.stdout and "Mpx/s" in r.stdout
+    with rasterio.open(out) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
+        assert src.overviews(1)
+        assert src.count == 2 and src.dtypes == ("float32", "float32")
+        assert np.isnan(src.nodata)
+        assert src.descriptions == ("t2m", "t2m")
+        tags = src.tags()
+        assert tags["GEOSR_METHOD"] == "sharpen" and tags["GEOSR_AUX"] == "elev"
+        assert tags["GEOSR_VERSION"] and tags["GEOSR_FACTOR"] == str(F)
+        assert "geosr downscale" in tags["GEOSR_COMMAND"] or tags["GEOSR_COMMAND"]
+        assert str(Path(scene["aux"]).resolve()) in tags["GEOSR_AUX_FILES"]
+        assert src.tags(2)["DATE_TIME"] == "2020-07-02"
+        assert "GEOSR_SHARPEN_R2" in src.tags(1)
+        assert src.res == (500.0, 500.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dem.tif", "out.tif", "t2m.tif"]
+
+
+def test_default_output_name_and_out_dir(scene, tmp_path):
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "t2m_500m.tif").is_file()
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("downscaled")
+    (tmp_path / "out").mkdir()
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "--out-dir", str(tmp_path / "out"), "--method", "bicubic"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "out" / "t2m_500m.tif").is_file()
+
+
+def test_several_inputs_one_output_each(scene, tmp_path):
+    second = tmp_path / "t2m_b.tif"
+    write_raster(second, scene["coarse_arr"][:1] + 1, res=500.0 * F, origin=ORIGIN)
+    (tmp_path / "o").mkdir()
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), str(second), "--aux",
+                            str(scene["aux"]), "--out-dir", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert [Path(o["path"]).name for o in summary["outputs"]] == ["t2m_500m.tif", "t2m_b_500m.tif"]
+    assert summary["outputs"][0]["shape"] == [2, 80 * F, 100 * F]
+    assert summary["outputs"][1]["shape"] == [1, 80 * F, 100 * F]
+    for key in ("method", "seconds", "mpx_per_s", "peak_rss_mb"):
+        assert key in summary
+    assert summary["method"] == "sharpen"
+
+
+def test_band_groups_give_the_same_result(scene, tmp_path):
+    a, _ = _run(scene, tmp_path / "a.tif", tile_px=128)
+    b, _ = _run(scene, tmp_path / "b.tif", tile_px=128, memory_mb=1)  # one band at a time
+    np.testing.assert_array_equal(a, b)
+
+
+def test_aligns_like_prepare_from_lonlat(tmp_path):
+    from geosr.prepare import PrepareConfig, prepare
+
+    lonlat = write_raster(tmp_path / "ll.tif", np.arange(120, dtype=np.float32).reshape(10, 12),
+                          crs="EPSG:4326", res=0.1, origin=(8.0, 47.0))
+    res = downscale(DownscaleConfig(coarse=(str(lonlat),), method=Method.bicubic, res_m=1000,
+                                    factor=10, out=tmp_path / "o.tif"))
+    ds_ = prepare(PrepareConfig(out_dir=tmp_path / "p", coarse=(str(lonlat),), res_m=1000,
+                                factor=10))
+    with rasterio.open(res.outputs[0].path) as src:
+        assert src.crs.to_epsg() == 32632
+        assert src.transform.almost_equals(ds_.manifest.fine_grid.transform)
+        assert (src.height, src.width) == ds_.manifest.fine_grid.shape
+        out = src.read(1)
+    with rasterio.open(tmp_path / "p" / "coarse.tif") as src:
+        coarse = src.read(1)
+    np.testing.assert_allclose(out, upsample(coarse, 10, "bicubic"), atol=1e-4, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def _boom_after(n, exc):
+    real = ds.predict_tiles
+    state = {"calls": 0}
+
+    def fake(*args, **kw):
+        state["calls"] += 1
+        if state["calls"] > n:
+            raise exc
+        return real(*args, **kw)
+
+    return fake
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_failure_mid_run_leaves_nothing(scene, tmp_path, monkeypatch, exc):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(ds, "predict_tiles", _boom_after(5, exc))
+    with pytest.raises(type(exc)):
+        _run(scene, tmp_path / "o.tif", tile_px=128)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_failure_exit_1_and_nothing_left(scene, tmp_path, monkeypatch):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(ds, "predict_tiles", _boom_after(3, RuntimeError("tile failed")))
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "--tile", "128"])
+    assert r.exit_code == 1 and "tile failed" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_existing_output_is_exit_2_before_work(scene, tmp_path, monkeypatch):
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"keep me")
+    monkeypatch.setattr(ds, "predict_tiles", _boom_after(0, AssertionError("work started")))
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "-o", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and str(out) in r.stderr
+    assert out.read_bytes() == b"keep me"
+    monkeypatch.undo()
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "-o", str(out), "--overwrite"])
+    assert r.exit_code == 0, r.stderr
+    with rasterio.open(out) as src:
+        assert src.count == 2
+
+
+# --------------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tile", "64", "--overlap", "128"], "--tile 64 is smaller than --overlap 128"),
+    (["--method", "net"], "--model"),
+    (["--method", "sharpen", "--aux"], "--aux"),
+    (["-o", "x.tif", "EXTRA"], "-o"),
+    (["--scheduler", "nowhere"], "--scheduler"),
+    (["--workers", "0"], "--workers"),
+])
+def test_input_errors_exit_2(scene, tmp_path, args, needle):
+    base = ["downscale", str(scene["coarse"])]
+    if args[-1] == "EXTRA":
+        base.append(str(scene["coarse"]))
+        args = args[:-1]
+    if "--aux" not in args:
+        base += ["--aux", str(scene["aux"])]
+    else:
+        args = [a for a in args if a != "--aux"]
+    r = runner.invoke(app, [*base, *args])
+    assert r.exit_code == 2, r.stderr
+    assert needle in r.stderr
+    assert not list(tmp_path.glob("*500m*")) and not list(tmp_path.glob(".*geosr-tmp*"))
+
+
+def test_sharpen_without_aux_is_input_error(scene):
+    r = runner.invoke(app, ["downscale", str(scene["coarse"])])
+    assert r.exit_code == 2 and "--method bicubic" in r.stderr
+
+
+def test_match_aux_by_name_order_and_errors():
+    dem, ndvi = LayerSpec("dem", "d.tif"), LayerSpec("ndvi", "n.tif")
+    assert match_aux([ndvi, dem], ["dem", "ndvi"], model="m") == (dem, ndvi)
+    # names differ but counts agree: matching names pair by name, the rest by order
+    got = match_aux([LayerSpec("elev", "e.tif"), ndvi], ["dem", "ndvi"], model="m")
+    assert [(s.name, s.path) for s in got] == [("dem", "e.tif"), ("ndvi", "n.tif")]
+    with pytest.raises(BundleError, match=r"expects 2 aux layer\(s\): dem, ndvi.*missing: ndvi"):
+        match_aux([dem], ["dem", "ndvi"], model="m")
+    with pytest.raises(InputError, match="extra: lc"):
+        match_aux([dem, ndvi, LayerSpec("lc", "l.tif")], ["dem", "ndvi"], model="m")
+
+
+def test_cli_aux_mismatch_names_the_expected_aux(scene, tmp_path, monkeypatch):
+    _fake_bundle_module(monkeypatch, aux_names=("dem", "ndvi"))
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "--model", "fake.geosr", "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 2
+    assert "dem, ndvi" in r.stderr and "missing: ndvi" in r.stderr
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_net_path_batches_bands_and_tiles(scene, tmp_path, monkeypatch):
+    calls = _fake_bundle_module(monkeypatch)
+    out, res = _run(scene, tmp_path / "o.tif", model="fake.geosr", tile_px=128, tile_batch=3)
+    assert res.conserve and calls["conserve"] is None
+    np.testing.assert_allclose(block_mean(out, F), scene["coarse_arr"], atol=1e-4)
+    with rasterio.open(res.outputs[0].path) as src:
+        assert src.tags()["GEOSR_MODEL_SHA256"] == "ab" * 32
+        assert src.units == ("degC", "degC")
+
+
+# --------------------------------------------------------------------------- dask
+
+
+@pytest.mark.slow
+def test_dask_scheduler_gives_the_same_result_as_threads(scene, tmp_path):
+    from dask.distributed import LocalCluster
+
+    local, _ = _run(scene, tmp_path / "l.tif", tile_px=256)
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
+                      dashboard_address=None) as cluster:
+        remote, _ = _run(scene, tmp_path / "r.tif", tile_px=256,
+                         scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(local, remote)
