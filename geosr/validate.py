@@ -1,0 +1,644 @@
+"""Validation: a prediction against the truth, beside reference baselines.
+
+:func:`validate` reads PRED on its own grid, puts TRUTH on that grid (reprojecting it
+when the grids differ), and computes every metric of :data:`geosr.metrics.METRICS` over
+the pixels valid in both. With a coarse input it also
+
+- infers the integer factor from the coarse cell size (``round(coarse_res / pred_res)``),
+  crops PRED's grid to whole coarse cells and reads the coarse input onto that grid's
+  nested coarse twin with area-weighted averaging;
+- reports the conservation error (PRED averaged over each coarse cell vs the coarse
+  input);
+- runs the baselines of :data:`BASELINES` (interpolation, regression sharpening with the
+  aux layers) and scores them on exactly the same pixels as PRED, with the skill
+  ``1 - RMSE_pred / RMSE_baseline`` (> 0: PRED beats the baseline).
+
+Optionally the same metrics per spatial block and per band (date), figures, and
+thresholds that a pipeline can gate on. The whole rasters are held in memory:
+roughly ``(3 + baselines) x bands x rows x cols x 4`` bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from geosr import metrics as M
+from geosr.align import check_coverage, is_aligned, resampling_for
+from geosr.errors import InputError
+from geosr.grid import Grid, native_cell_m
+from geosr.io import (
+    AlignedReader,
+    RasterInfo,
+    atomic_path,
+    check_output_file,
+    gdal_env,
+    raster_info,
+)
+from geosr.sources import LayerSpec
+
+log = logging.getLogger(__name__)
+
+
+# --- baselines ---------------------------------------------------------------------------
+
+class Baseline(str, Enum):
+    """Reference methods that need no training, computed from the coarse input."""
+
+    bicubic = "bicubic"
+    bilinear = "bilinear"
+    nearest = "nearest"
+    sharpen = "sharpen"
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """How a baseline runs: whether it needs ``--aux``, and a one-line description."""
+
+    needs_aux: bool
+    description: str
+
+
+BASELINES: dict[Baseline, BaselineSpec] = {
+    Baseline.bicubic: BaselineSpec(False, "bicubic interpolation of the coarse input"),
+    Baseline.bilinear: BaselineSpec(False, "bilinear interpolation of the coarse input"),
+    Baseline.nearest: BaselineSpec(False, "each coarse cell copied onto its fine cells"),
+    Baseline.sharpen: BaselineSpec(True, "regression sharpening: coarse-scale linear fit on "
+                                         "the aux layers, applied at the fine scale, conserving"),
+}
+DEFAULT_BASELINES = (Baseline.bicubic, Baseline.bilinear, Baseline.sharpen)
+
+
+def parse_baselines(text: str, *, option: str = "--baselines") -> tuple[Baseline, ...]:
+    """``"bicubic,sharpen"`` -> baselines; ``""`` or ``"none"`` -> no baseline."""
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if names == ["none"]:
+        return ()
+    out: list[Baseline] = []
+    for name in names:
+        try:
+            b = Baseline(name)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: unknown baseline {name!r}; expected a "
+                             f"comma-separated list of: {', '.join(b.value for b in Baseline)} "
+                             "(or none)") from None
+        if b not in out:
+            out.append(b)
+    return tuple(out)
+
+
+def run_baseline(name: Baseline, coarse: np.ndarray, aux: np.ndarray, factor: int) -> np.ndarray:
+    """One baseline on a ``(bands, h, w)`` coarse stack -> ``(bands, h*f, w*f)`` float32.
+
+    Args:
+        coarse: the coarse input on the nested coarse grid, NaN = nodata.
+        aux: ``(A, h*f, w*f)`` aux layers on the fine grid (sharpen only).
+        factor: fine cells per coarse cell.
+    """
+    from geosr import baselines as B
+
+    if name is Baseline.sharpen:
+        return np.stack([B.sharpen(c, aux, factor, conserve=True) for c in coarse])
+    return B.upsample(coarse, factor, name.value)
+
+
+# --- thresholds --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Threshold:
+    """A gate on one metric of PRED: fail when the value is ``above`` (or ``below``) ``limit``.
+
+    A metric that came out NaN (undefined for the data) breaks its threshold too, since
+    the run cannot show it is within bounds.
+    """
+
+    metric: str
+    limit: float
+    bound: str = "above"
+
+    @property
+    def option(self) -> str:
+        return f"--fail-{self.bound}"
+
+    def check(self, value: float) -> str | None:
+        """None when ``value`` is within bounds, else a one-line reason."""
+        spec = f"({self.option} {self.metric}={self.limit:g})"
+        if value is None or math.isnan(value):
+            return f"{self.metric} is undefined (NaN) for these data {spec}"
+        if self.bound == "above" and value > self.limit:
+            return f"{self.metric} = {value:.6g} is above {self.limit:g} {spec}"
+        if self.bound == "below" and value < self.limit:
+            return f"{self.metric} = {value:.6g} is below {self.limit:g} {spec}"
+        return None
+
+
+def parse_threshold(text: str, *, bound: str = "above") -> Threshold:
+    """Parse ``METRIC=VALUE`` for ``--fail-above``/``--fail-below``."""
+    option = f"--fail-{bound}"
+    if bound not in ("above", "below"):
+        raise ValueError(f"bound must be 'above' or 'below', not {bound!r}")
+    name, sep, value = text.partition("=")
+    name = name.strip().lower()
+    if not sep or not name:
+        raise InputError(f"{option} {text!r}: expected METRIC=VALUE, e.g. {option} rmse=1.2")
+    if name not in M.METRICS:
+        raise InputError(f"{option} {text!r}: unknown metric {name!r}; expected one of: "
+                         f"{', '.join(M.METRICS)}")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise InputError(f"{option} {text!r}: value {value.strip()!r} for {name} is not a "
+                         f"number; expected METRIC=VALUE, e.g. {option} {name}=0.9") from None
+    if not math.isfinite(limit):
+        raise InputError(f"{option} {text!r}: value for {name} must be a finite number")
+    return Threshold(name, limit, bound)
+
+
+# --- configuration and report ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What to compare and what to produce.
+
+    Attributes:
+        pred: the prediction raster (its grid is the evaluation grid).
+        truth: the reference raster, any CRS/resolution; reprojected onto PRED's grid
+            when different (average when finer, bilinear when coarser).
+        coarse: the coarse input the prediction was made from (enables conservation and
+            baselines); any CRS, cell size an integer multiple of PRED's (within 10%).
+        aux: aux layers for the ``sharpen`` baseline.
+        baselines: baselines to run; None = :data:`DEFAULT_BASELINES` when ``coarse`` is
+            given (``sharpen`` only with aux).
+        blocks: N > 1: also report N x N spatial blocks (edges on coarse cells).
+        thresholds: gates checked on PRED's overall metrics.
+        plots_dir: folder for PNG figures (created when its parent exists).
+        plot_band: 1-based band shown in the maps and spectra.
+        json_path, csv_path: report files to write (replaced if present).
+        js_bins: histogram bins for the Jensen-Shannon divergence.
+    """
+
+    pred: str
+    truth: str
+    coarse: str | None = None
+    aux: tuple[LayerSpec, ...] = ()
+    baselines: tuple[Baseline, ...] | None = None
+    blocks: int = 0
+    thresholds: tuple[Threshold, ...] = ()
+    plots_dir: Path | None = None
+    plot_band: int = 1
+    json_path: Path | None = None
+    csv_path: Path | None = None
+    js_bins: int = M.JS_BINS
+
+
+@dataclass(frozen=True)
+class SubsetResult:
+    """Metrics of PRED on a spatial block or one band, with skill against each baseline.
+
+    ``row``/``col`` (0-based block indices) are set for blocks, ``band`` (1-based) and
+    ``date`` for bands.
+    """
+
+    scope: str
+    n_valid: int
+    metrics: dict[str, float]
+    skill: dict[str, float] = field(default_factory=dict)
+    row: int | None = None
+    col: int | None = None
+    window: tuple[int, int, int, int] | None = None  # (row_off, col_off, height, width) px
+    band: int | None = None
+    date: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Result of :func:`validate`. ``to_dict`` gives the JSON shape; ``to_rows`` the CSV."""
+
+    pred: str
+    truth: str
+    coarse: str | None
+    grid: Grid
+    n_bands: int
+    n_valid: int
+    n_valid_pred_truth: int
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    skill: dict[str, float]
+    blocks: tuple[SubsetResult, ...]
+    bands: tuple[SubsetResult, ...]
+    factor: int | None = None
+    truth_resampling: str | None = None
+    units: str = ""
+    plots: tuple[str, ...] = ()
+    broken: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.broken
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; NaN and infinite values become None (null)."""
+        def sub(s: SubsetResult) -> dict:
+            d: dict = {}
+            if s.scope == "block":
+                d.update(row=s.row, col=s.col, window=list(s.window) if s.window else None)
+            else:
+                d.update(band=s.band, date=s.date)
+            d.update(n_valid=s.n_valid, metrics=_clean(s.metrics), skill=_clean(s.skill))
+            return d
+
+        return {
+            "pred": self.pred, "truth": self.truth, "coarse": self.coarse,
+            "grid": self.grid.to_dict(), "n_bands": self.n_bands, "units": self.units,
+            "n_valid": self.n_valid, "n_valid_pred_truth": self.n_valid_pred_truth,
+            "factor": self.factor, "truth_resampling": self.truth_resampling,
+            "metrics": _clean(self.metrics),
+            "baselines": {k: _clean(v) for k, v in self.baselines.items()},
+            "skill": _clean(self.skill),
+            "blocks": [sub(b) for b in self.blocks],
+            "bands": [sub(b) for b in self.bands],
+            "plots": list(self.plots), "passed": self.passed, "broken": list(self.broken),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_rows(self) -> list[dict]:
+        """Long-format rows, one per (scope, subject, metric).
+
+        Columns (:data:`CSV_COLUMNS`): ``scope`` (overall | block | band), ``subject``
+        (``pred`` or a baseline name), ``block_row``, ``block_col``, ``band``, ``date``,
+        ``n_valid``, ``metric`` (a key of METRICS, or ``skill`` = 1 - RMSE_pred /
+        RMSE_subject), ``value`` (empty when undefined).
+        """
+        rows: list[dict] = []
+
+        def add(scope, subject, values, n, **where):
+            for k, v in values.items():
+                rows.append({"scope": scope, "subject": subject, "block_row": where.get("row"),
+                             "block_col": where.get("col"), "band": where.get("band"),
+                             "date": where.get("date", ""), "n_valid": n, "metric": k,
+                             "value": _num(v)})
+
+        add("overall", "pred", self.metrics, self.n_valid)
+        for name, values in self.baselines.items():
+            add("overall", name, {**values, "skill": self.skill.get(name)}, self.n_valid)
+        for s in (*self.blocks, *self.bands):
+            where = {"row": s.row, "col": s.col, "band": s.band, "date": s.date}
+            add(s.scope, "pred", s.metrics, s.n_valid, **where)
+            for name, v in s.skill.items():
+                add(s.scope, name, {"skill": v}, s.n_valid, **where)
+        return rows
+
+
+CSV_COLUMNS = ("scope", "subject", "block_row", "block_col", "band", "date", "n_valid", "metric",
+               "value")
+
+
+def _num(v: float | None) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _clean(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: _num(v) for k, v in d.items()}
+
+
+def write_json(report: ValidationReport, path: str | Path) -> Path:
+    """Write ``report.to_dict()`` as JSON (atomically; an existing file is replaced)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return Path(path)
+
+
+def write_csv(report: ValidationReport, path: str | Path) -> Path:
+    """Write ``report.to_rows()`` as CSV (long format, see :meth:`ValidationReport.to_rows`)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            for row in report.to_rows():
+                w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return Path(path)
+
+
+# --- the work ----------------------------------------------------------------------------
+
+def _grid_of(info: RasterInfo) -> Grid:
+    from affine import Affine
+
+    left, _, _, top = info.bounds
+    return Grid(info.crs, Affine(info.res[0], 0.0, left, 0.0, -info.res[1], top), info.width,
+                info.height)
+
+
+def _infer_factor(cinfo: RasterInfo, grid: Grid) -> int:
+    coarse_m = native_cell_m(cinfo.crs, cinfo.bounds, cinfo.width, cinfo.height, grid.crs)
+    raw = coarse_m / grid.res
+    factor = round(raw)
+    if factor < 2:
+        raise InputError(f"--coarse {cinfo.path}: cell size {coarse_m:.0f} is not coarser than "
+                         f"PRED's {grid.res:g} (ratio {raw:.2f}); expected the coarse input "
+                         "the prediction was made from")
+    if factor > min(grid.width, grid.height):
+        raise InputError(f"--coarse {cinfo.path}: one coarse cell ({coarse_m:.0f}, factor "
+                         f"{factor}) is larger than PRED ({grid.width}x{grid.height} px); "
+                         "expected a PRED covering whole coarse cells")
+    if abs(raw - factor) / raw > 0.1:
+        log.warning("--coarse cell %.0f / PRED cell %g = %.2f, rounded to factor %d", coarse_m,
+                    grid.res, raw, factor)
+    return factor
+
+
+def _coarse_crop(cinfo: RasterInfo, grid: Grid, factor: int) -> Window:
+    """The largest window of whole coarse cells; in phase with the coarse raster's own cells
+    when it shares PRED's CRS (so no coarse cell is split), else from PRED's corner."""
+    col_off = row_off = 0
+    if cinfo.crs == grid.crs or grid.rio_crs == _rio(cinfo.crs):
+        dx = (cinfo.bounds[0] - grid.bounds[0]) / grid.res
+        dy = (grid.bounds[3] - cinfo.bounds[3]) / grid.res
+        if abs(dx - round(dx)) < 1e-6 and abs(dy - round(dy)) < 1e-6:
+            col_off, row_off = round(dx) % factor, round(dy) % factor
+    w = (grid.width - col_off) // factor * factor
+    h = (grid.height - row_off) // factor * factor
+    if w == 0 or h == 0:
+        col_off = row_off = 0
+        w, h = grid.width // factor * factor, grid.height // factor * factor
+    return Window(col_off, row_off, w, h)
+
+
+def _rio(crs: str):
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(crs)
+
+
+def _read(path: str, grid: Grid, resampling: Resampling) -> np.ndarray:
+    with AlignedReader(path, grid, resampling) as rd:
+        return rd.read()
+
+
+def _edges(n_px: int, n_blocks: int, factor: int) -> list[int]:
+    """Block edges along one axis, on coarse-cell boundaries."""
+    cells = n_px // factor
+    return sorted({int(e) * factor for e in np.linspace(0, cells, n_blocks + 1).round()})
+
+
+def _skill(rmse_pred: float, rmse_base: float) -> float:
+    if not (math.isfinite(rmse_pred) and math.isfinite(rmse_base)) or rmse_base == 0:
+        return math.nan
+    return 1.0 - rmse_pred / rmse_base
+
+
+def _check_outputs(cfg: ValidateConfig) -> None:
+    """Report and figure destinations must be writable; checked before any work."""
+    for p in (cfg.json_path, cfg.csv_path):
+        if p is not None:
+            check_output_file(p, overwrite=True)
+    if cfg.plots_dir is not None:
+        d = Path(cfg.plots_dir)
+        if d.exists() and not d.is_dir():
+            raise InputError(f"--plots {d}: exists and is not a folder; expected a folder name")
+        parent = d.parent if str(d.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"--plots {d}: parent folder {parent} does not exist; create it "
+                             "first")
+
+
+def validate(cfg: ValidateConfig) -> ValidationReport:
+    """Compare PRED with TRUTH (and the baselines), on PRED's grid.
+
+    Raises:
+        InputError: unreadable inputs, no overlap, band-count mismatch, no pixel valid in
+            both, a baseline that cannot run with the inputs given.
+    """
+    t0 = time.perf_counter()
+    _check_options(cfg)
+    baselines = _plan_baselines(cfg)
+    data = _load(cfg, baselines)
+
+    n_pt = M.valid_count(data.pred, data.truth)
+    if n_pt == 0:
+        raise InputError(f"PRED {cfg.pred} and TRUTH {cfg.truth}: no pixel has a value in both "
+                         "(all nodata where they overlap); expected rasters of the same area "
+                         "with data")
+    fields = {b.value: run_baseline(b, data.coarse, data.aux, data.factor) for b in baselines}
+    # Every column is scored on the same pixels: valid in PRED, TRUTH and every baseline.
+    ok = np.isfinite(data.pred) & np.isfinite(data.truth)
+    for f in fields.values():
+        ok &= np.isfinite(f)
+    n_valid = int(ok.sum())
+    if n_valid == 0:
+        raise InputError(f"--coarse {cfg.coarse}: the baselines have no value on any pixel "
+                         "valid in PRED and TRUTH; expected a coarse input covering them")
+    if n_valid < n_pt:
+        log.info("%d of %d pixels valid in PRED and TRUTH have no baseline value (coarse "
+                 "input nodata); all columns use the %d common pixels", n_pt - n_valid, n_pt,
+                 n_valid)
+    sc = _Scorer(ok, data, fields, js_bins=cfg.js_bins)
+    overall = sc.score(np.s_[:], np.s_[:], scope="overall")
+    bands = [overall if data.n_bands == 1 else
+             sc.score(np.s_[b], np.s_[b], scope="band") for b in range(data.n_bands)]
+    bands = [replace(r, scope="band", band=b + 1, date=data.dates[b]) for b, r in enumerate(bands)]
+    blocks = []
+    if cfg.blocks > 1:
+        f = data.factor or 1
+        rows = _edges(data.grid.height, cfg.blocks, f)
+        cols = _edges(data.grid.width, cfg.blocks, f)
+        for i, (r0, r1) in enumerate(zip(rows[:-1], rows[1:], strict=True)):
+            for j, (c0, c1) in enumerate(zip(cols[:-1], cols[1:], strict=True)):
+                blocks.append(replace(
+                    sc.score(np.s_[:, r0:r1, c0:c1], np.s_[:, r0 // f:r1 // f, c0 // f:c1 // f],
+                             scope="block"),
+                    row=i, col=j, window=(r0, c0, r1 - r0, c1 - c0)))
+
+    plots: tuple[str, ...] = ()
+    if cfg.plots_dir is not None:
+        from geosr import figures
+
+        b = cfg.plot_band - 1
+        plots = tuple(str(p) for p in figures.write_all(
+            Path(cfg.plots_dir), grid=data.grid, truth=sc.truth, pred=sc.pred,
+            baselines=sc.fields, band=cfg.plot_band, units=data.units,
+            variable=data.descriptions[b], metrics=overall.metrics))
+
+    broken = tuple(msg for t in cfg.thresholds if (msg := t.check(overall.metrics[t.metric])))
+    report = ValidationReport(
+        pred=cfg.pred, truth=cfg.truth, coarse=cfg.coarse, grid=data.grid,
+        n_bands=data.n_bands, n_valid=n_valid, n_valid_pred_truth=n_pt,
+        metrics=overall.metrics, baselines=sc.baseline_metrics, skill=overall.skill,
+        blocks=tuple(blocks), bands=tuple(bands), factor=data.factor,
+        truth_resampling=data.truth_resampling, units=data.units, plots=plots, broken=broken,
+        seconds=time.perf_counter() - t0,
+    )
+    if cfg.json_path is not None:
+        write_json(report, cfg.json_path)
+    if cfg.csv_path is not None:
+        write_csv(report, cfg.csv_path)
+    return report
+
+
+def _check_options(cfg: ValidateConfig) -> None:
+    """Option checks that need no raster, done before any work."""
+    _check_outputs(cfg)
+    if cfg.blocks < 0:
+        raise InputError(f"--blocks {cfg.blocks}: expected 0 (none) or a positive number")
+    if cfg.js_bins < 2:
+        raise InputError(f"js_bins {cfg.js_bins}: expected at least 2 histogram bins")
+    for t in cfg.thresholds:
+        if t.metric not in M.METRICS:
+            raise InputError(f"{t.option} {t.metric}: unknown metric; expected one of: "
+                             f"{', '.join(M.METRICS)}")
+        if t.metric == "conservation_rmse" and not cfg.coarse:
+            raise InputError(f"{t.option} {t.metric}={t.limit:g}: conservation_rmse needs "
+                             "--coarse COARSE")
+
+
+@dataclass
+class _Aligned:
+    """Everything read for one run, on the evaluation grid (and its coarse twin)."""
+
+    grid: Grid
+    pred: np.ndarray                      # (bands, H, W)
+    truth: np.ndarray                     # (bands, H, W)
+    n_bands: int
+    dates: tuple[str, ...]
+    descriptions: tuple[str, ...]
+    units: str
+    truth_resampling: str | None = None   # None when TRUTH was on PRED's pixel grid
+    factor: int | None = None
+    coarse: np.ndarray | None = None      # (bands, H/f, W/f)
+    aux: np.ndarray | None = None         # (A, H, W)
+
+
+def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
+    pinfo, tinfo = raster_info(cfg.pred), raster_info(cfg.truth)
+    if pinfo.count != tinfo.count:
+        raise InputError(f"TRUTH {cfg.truth}: has {tinfo.count} band(s) but PRED {cfg.pred} has "
+                         f"{pinfo.count}; expected the same count (bands pair by position)")
+    if not 1 <= cfg.plot_band <= pinfo.count:
+        raise InputError(f"--plot-band {cfg.plot_band}: PRED has {pinfo.count} band(s); "
+                         f"expected 1..{pinfo.count}")
+    grid = _grid_of(pinfo)
+    factor = cinfo = None
+    if cfg.coarse:
+        cinfo = raster_info(cfg.coarse)
+        if cinfo.count != pinfo.count:
+            raise InputError(f"--coarse {cfg.coarse}: has {cinfo.count} band(s) but PRED has "
+                             f"{pinfo.count}; expected the same count (bands pair by position)")
+        factor = _infer_factor(cinfo, grid)
+        win = _coarse_crop(cinfo, grid, factor)
+        if (win.width, win.height) != (grid.width, grid.height):
+            log.info("PRED is %dx%d px, not whole %dx%d coarse cells; evaluating the %dx%d px "
+                     "at column %d, row %d", grid.width, grid.height, factor, factor,
+                     win.width, win.height, win.col_off, win.row_off)
+        grid = grid.subgrid(win)
+    check_coverage(tinfo, grid, option="TRUTH")
+    data = _Aligned(
+        grid=grid, pred=np.empty(0), truth=np.empty(0), n_bands=pinfo.count, factor=factor,
+        dates=tuple(t or p for t, p in zip(tinfo.dates, pinfo.dates, strict=True)),
+        descriptions=tuple(t or p for t, p in zip(tinfo.descriptions, pinfo.descriptions,
+                                                  strict=True)),
+        units=pinfo.units[0] or tinfo.units[0])
+    with gdal_env():
+        data.pred = _read(cfg.pred, grid, Resampling.nearest)
+        truth_rs = resampling_for(tinfo, grid)
+        if not is_aligned(tinfo, grid):
+            data.truth_resampling = truth_rs.name
+            log.warning("TRUTH %s is on another grid (%s, %g x %g) than PRED (%s, %g); "
+                        "reprojected onto PRED's grid with %s resampling", cfg.truth,
+                        tinfo.crs[:40], tinfo.res[0], tinfo.res[1], grid.crs[:40], grid.res,
+                        truth_rs.name)
+        elif (tinfo.width, tinfo.height, tinfo.bounds) != (grid.width, grid.height,
+                                                           grid.bounds):
+            log.info("TRUTH %s is on PRED's pixel grid with another extent; using the overlap",
+                     cfg.truth)
+        data.truth = _read(cfg.truth, grid, truth_rs)
+        if cinfo is not None:
+            cgrid = grid.coarsen(factor)
+            check_coverage(cinfo, cgrid, option="--coarse")
+            data.coarse = _read(cfg.coarse, cgrid,
+                                resampling_for(cinfo, cgrid, coarse_input=True))
+            if Baseline.sharpen in baselines:
+                data.aux = _read_aux(cfg.aux, grid)
+    return data
+
+
+class _Scorer:
+    """Scores PRED and the baselines on any slice of the common pixels."""
+
+    def __init__(self, ok: np.ndarray, data: _Aligned, fields: dict[str, np.ndarray], *,
+                 js_bins: int):
+        def masked(a: np.ndarray) -> np.ndarray:
+            return np.where(ok, a, np.nan).astype(np.float32)
+
+        self.data = data
+        self.pred, self.truth = masked(data.pred), masked(data.truth)
+        self.raw = {"pred": data.pred, **fields}  # unmasked, for conservation
+        self.fields = {k: masked(f) for k, f in fields.items()}
+        self.js_bins = js_bins
+        self.baseline_metrics = {k: self.metrics(f, self.truth, k, np.s_[:], np.s_[:])
+                                 for k, f in self.fields.items()}
+
+    def metrics(self, p, t, name, sl_fine, sl_coarse) -> dict[str, float]:
+        if not M.valid_count(p, t):
+            return {k: math.nan for k in M.METRICS}
+        out = {k: fn(p, t) for k, fn in M.PAIR_METRICS.items()}
+        out["js_divergence"] = M.js_divergence(p, t, bins=self.js_bins)
+        out["conservation_rmse"] = math.nan
+        if self.data.coarse is not None:
+            out["conservation_rmse"] = M.conservation_rmse(
+                self.raw[name][sl_fine], self.data.coarse[sl_coarse], self.data.factor)
+        return {k: out[k] for k in M.METRICS}
+
+    def score(self, sl_fine, sl_coarse, *, scope: str) -> SubsetResult:
+        p, t = self.pred[sl_fine], self.truth[sl_fine]
+        m = self.metrics(p, t, "pred", sl_fine, sl_coarse)
+        skill = {k: _skill(m["rmse"], M.rmse(f[sl_fine], t)) for k, f in self.fields.items()}
+        return SubsetResult(scope=scope, n_valid=M.valid_count(p, t), metrics=m, skill=skill)
+
+
+def _plan_baselines(cfg: ValidateConfig) -> tuple[Baseline, ...]:
+    if cfg.baselines is None:
+        if not cfg.coarse:
+            return ()
+        if not cfg.aux:
+            log.info("baseline sharpen skipped: it needs --aux (e.g. an elevation raster)")
+            return tuple(b for b in DEFAULT_BASELINES if not BASELINES[b].needs_aux)
+        return DEFAULT_BASELINES
+    if cfg.baselines and not cfg.coarse:
+        raise InputError(f"--baselines {','.join(b.value for b in cfg.baselines)}: baselines "
+                         "are computed from the coarse input; add --coarse COARSE")
+    for b in cfg.baselines:
+        if BASELINES[b].needs_aux and not cfg.aux:
+            raise InputError(f"--baselines {b.value}: needs --aux (the fine layers it "
+                             "regresses on, e.g. --aux dem.tif)")
+    return tuple(cfg.baselines)
+
+
+def _read_aux(specs: tuple[LayerSpec, ...], grid: Grid) -> np.ndarray:
+    """Aux layers on the fine grid, ``(A, H, W)``; band 1 of each; categorical ones dropped."""
+    layers = []
+    for spec in specs:
+        info = raster_info(spec.path)
+        if spec.categorical:
+            log.warning("--aux %s is categorical; the sharpen baseline regresses on continuous "
+                        "layers only and leaves it out", spec.name)
+            continue
+        check_coverage(info, grid, option=f"--aux {spec.name}")
+        with AlignedReader(spec.path, grid, resampling_for(info, grid)) as rd:
+            layers.append(rd.read(bands=1)[0])
+    if not layers:
+        return np.empty((0, grid.height, grid.width), np.float32)
+    return np.stack(layers)
