@@ -237,8 +237,10 @@ class RowStitcher:
     Tiles of tile row ``i`` are added with :meth:`add`; :meth:`finish_row` then returns
     the rows of the grid that no later tile touches, as ``(row_off, array)`` with
     ``row_off`` and the row count multiples of ``factor`` (whole coarse rows, so a
-    per-coarse-cell correction can be applied before writing). Memory: one band of
-    ``bands x (tile + 2 x overlap + factor) x width`` float32.
+    per-coarse-cell correction can be applied before writing). The array is a view into
+    the stitcher's buffer, valid (and writable) until the next :meth:`add` or
+    :meth:`finish_row`: no full-width copy is made. Memory: one buffer of
+    ``bands x (tile + overlap + 3 x factor) x width`` float32.
 
     A pixel is NaN when any tile with a non-zero weight predicts NaN there.
     """
@@ -248,26 +250,38 @@ class RowStitcher:
         self.bands = bands
         rows = plan.rows
         tallest = max(rows.blend(i).size for i in range(rows.count))
-        self._buf = np.zeros((bands, tallest + 2 * plan.factor + plan.overlap_px, plan.width),
-                             dtype=np.float32)
+        self._buf = np.zeros((bands, tallest + 2 * plan.factor, plan.width), dtype=np.float32)
         self._top = 0  # grid row of buffer row 0
         self._row = 0  # next tile row expected
+        self._handed = 0  # rows handed out by finish_row, dropped on the next call
+
+    def _drop_handed(self) -> None:
+        n = self._handed
+        if n:
+            keep = self._buf.shape[1] - n
+            self._buf[:, :keep] = self._buf[:, n:]
+            self._buf[:, keep:] = 0.0
+            self._top += n
+            self._handed = 0
 
     def add(self, tile: Tile, pred: np.ndarray) -> None:
         """Add ``pred`` (``(bands, read rows, read cols)``) of ``tile`` with its weights."""
         if tile.row != self._row:
             raise ValueError(f"tile row {tile.row} added while stitching row {self._row}")
+        self._drop_handed()
         w = self.plan.weights(tile)
         r0 = int(tile.blend.row_off - tile.read.row_off)
         c0 = int(tile.blend.col_off - tile.read.col_off)
         h, wd = w.shape
-        part = pred[:, r0:r0 + h, c0:c0 + wd]
         b0 = int(tile.blend.row_off) - self._top
         cb = int(tile.blend.col_off)
-        self._buf[:, b0:b0 + h, cb:cb + wd] += part * w
+        target = self._buf[:, b0:b0 + h, cb:cb + wd]
+        for k in range(self.bands):  # per band: no (bands x h x w) temporary
+            target[k] += pred[k, r0:r0 + h, c0:c0 + wd] * w
 
     def finish_row(self) -> tuple[int, np.ndarray] | None:
-        """Close the current tile row; return the completed grid rows, if any."""
+        """Close the current tile row; return the completed grid rows (a view), if any."""
+        self._drop_handed()
         i = self._row
         self._row += 1
         rows = self.plan.rows
@@ -279,10 +293,5 @@ class RowStitcher:
         n = limit - self._top
         if n <= 0:
             return None
-        out = self._buf[:, :n].copy()
-        keep = self._buf.shape[1] - n
-        self._buf[:, :keep] = self._buf[:, n:]
-        self._buf[:, keep:] = 0.0
-        top = self._top
-        self._top = limit
-        return top, out
+        self._handed = n
+        return self._top, self._buf[:, :n]

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import terrain, write_raster
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import geosr.downscale as ds
@@ -91,6 +93,24 @@ def test_result_does_not_depend_on_tile_size(scene, tmp_path, method):
     std = float(np.nanstd(b))
     assert np.nanmax(np.abs(a - b)) < 1e-3 * std
     assert np.array_equal(np.isnan(a), np.isnan(b))
+
+
+def test_warped_aux_does_not_depend_on_tile_size(tmp_path):
+    """Aux off the grid's lattice (finer DEM: average; coarser NDVI: bilinear)."""
+    sc = _scene(tmp_path, hc=40, wc=50)
+    dem = terrain((40 * F * 2, 50 * F * 2), seed=4)
+    fine_dem = write_raster(tmp_path / "dem250.tif", dem, res=250.0, origin=ORIGIN)
+    ndvi = np.random.default_rng(1).uniform(0, 1, (40 * F // 2 + 2, 50 * F // 2 + 2))
+    ndvi_path = write_raster(tmp_path / "ndvi.tif", ndvi, res=1000.0,
+                             origin=(ORIGIN[0] - 700.0, ORIGIN[1] + 300.0))
+    outs = []
+    for tile in (64, 256):
+        res = downscale(DownscaleConfig(
+            coarse=(str(sc["coarse"]),), aux=parse_layers([str(fine_dem), str(ndvi_path)]),
+            out=tmp_path / f"o{tile}.tif", tile_px=tile))
+        with rasterio.open(res.outputs[0].path) as src:
+            outs.append(src.read())
+    assert np.nanmax(np.abs(outs[0] - outs[1])) < 1e-3 * np.nanstd(outs[1])
 
 
 def test_sharpen_tiled_equals_whole_array(scene, tmp_path):
@@ -392,3 +412,70 @@ def test_dask_scheduler_gives_the_same_result_as_threads(scene, tmp_path):
         remote, _ = _run(scene, tmp_path / "r.tif", tile_px=256,
                          scheduler=cluster.scheduler_address)
     np.testing.assert_array_equal(local, remote)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _FakeDst:
+    def __init__(self, bands, height, width):
+        self.data = np.full((bands, height, width), np.nan, np.float32)
+        self.windows = []
+
+    def write(self, arr, indexes, window):
+        r, h = int(window.row_off), int(window.height)
+        assert np.isnan(self.data[:, r:r + h]).all(), "rows written twice"
+        self.data[[i - 1 for i in indexes], r:r + h] = arr
+        self.windows.append((r, h))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.lists(st.integers(1, 90), min_size=1, max_size=30),
+       st.sampled_from([16, 32, 256]))
+def test_block_row_writer_writes_whole_block_rows_once(height, chunks, block):
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(2, height, 5)).astype(np.float32)
+    dst = _FakeDst(3, height, 5)
+    w = ds._BlockRowWriter(dst, [1, 3], 5, height, block)
+    top = 0
+    for n in chunks:
+        if top >= height:
+            break
+        n = min(n, height - top)
+        w.write(top, full[:, top:top + n])
+        top += n
+    if top < height:
+        w.write(top, full[:, top:])
+    w.close()
+    np.testing.assert_array_equal(dst.data[[0, 2]], full)
+    for r, h in dst.windows:
+        assert r % block == 0 and (h == block or r + h == height)
+
+
+def test_conserve_rows_matches_baselines():
+    from geosr.baselines import conserve_blocks
+
+    rng = np.random.default_rng(2)
+    fine = rng.normal(10, 2, size=(2, 7 * F, 9 * F)).astype(np.float32)
+    fine[0, 3:20, 5:30] = np.nan
+    coarse = rng.normal(10, 2, size=(2, 7, 9)).astype(np.float32)
+    coarse[1, 2, 3] = np.nan
+    want = np.stack([conserve_blocks(fine[b], coarse[b], F) for b in range(2)])
+    got = ds._conserve_rows(fine.copy(), coarse, F, chunk_rows=3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+
+
+def test_on_grid_reader_matches_the_warper(scene):
+    from rasterio.windows import Window
+
+    from geosr.align import plan_grids, resampling_for
+    from geosr.io import AlignedReader, OnGridReader, raster_info
+
+    info = raster_info(scene["coarse"])
+    fine, _ = plan_grids(info, res_m=500.0, factor=F)
+    ainfo = raster_info(scene["aux"])
+    win = Window(-40, 600, 300, 100)  # past the left and bottom edges
+    with AlignedReader(ainfo.path, fine, resampling_for(ainfo, fine)) as a, \
+            OnGridReader(ainfo.path, fine) as b:
+        np.testing.assert_array_equal(a.read(win, 1), b.read(win, 1))
