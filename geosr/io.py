@@ -455,3 +455,38 @@ class OnGridReader:
         part[~np.isfinite(part)] = np.nan
         out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
         return out
+
+
+def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,
+                bands: list[int] | int | None = None) -> np.ndarray:
+    """Read ``bands`` (1-based; default all) of an aligned raster in ``window``.
+
+    ``src`` is a dataset opened with :func:`open_raster` (keep it open for many reads) or a
+    path. Returns ``(bands, rows, cols)`` float32 with NaN for nodata/non-finite cells;
+    parts of the window outside the raster are NaN, so windows may carry a halo past the
+    edge. No warping: the file must already be on the grid the window refers to (the
+    layers of a prepared dataset are).
+    """
+    if not isinstance(src, rasterio.io.DatasetReaderBase):
+        with open_raster(src) as opened:
+            return read_window(opened, window, bands)
+    if bands is None:
+        bands = list(range(1, src.count + 1))
+    elif isinstance(bands, int):
+        bands = [bands]
+    c0, r0 = int(window.col_off), int(window.row_off)
+    w, h = int(window.width), int(window.height)
+    out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
+    cc0, rr0 = max(c0, 0), max(r0, 0)
+    cc1, rr1 = min(c0 + w, src.width), min(r0 + h, src.height)
+    if cc1 <= cc0 or rr1 <= rr0:
+        return out
+    try:
+        arr = src.read(bands, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0), masked=True)
+    except RasterioError as e:
+        raise RasterReadError(f"{src.name}: read failed ({str(e).splitlines()[0]}); the file "
+                              "may be truncated or corrupt") from e
+    part = arr.astype(np.float32).filled(np.nan)
+    part[~np.isfinite(part)] = np.nan
+    out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
+    return out

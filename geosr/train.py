@@ -1,0 +1,922 @@
+"""``geosr train``: fit the generator on a prepared dataset and write a model bundle.
+
+The loop, in brief:
+
+- Random square patches of whole coarse cells (:mod:`geosr.patches`) are read through
+  windows; the loss compares the network output with the fine target on valid target
+  cells only, in standardised units (L1, MSE, or L1 plus an L1 on finite-difference
+  gradients; with ``gan`` a weighted reconstruction term plus an adversarial term).
+- AdamW with a linear warm-up then cosine decay of the learning rate, per step.
+- After every epoch the model is validated on held-out data (samples, or an eastern
+  block of coarse columns) by predicting whole tiles, and the error is reported in the
+  target's physical units; the best epoch's weights are what the bundle keeps.
+- Every epoch ends with an atomic checkpoint (``MODEL.ckpt``) and the per-epoch log
+  (``MODEL.log.csv`` / ``MODEL.log.json``).
+
+Reproducibility: the patches of epoch ``e`` are drawn from a generator seeded with
+``(seed, e, rank)``, not from a stream carried across epochs, so a run resumed from the
+checkpoint of epoch ``e`` draws exactly what the uninterrupted run drew, and on the CPU
+ends with identical weights.
+
+Distributed training (``DistConfig.world_size > 1``, e.g. under ``torchrun``): the
+generator is wrapped in DistributedDataParallel, every process draws its own patches
+(``--batch-size`` is per process; the steps of an epoch are divided among processes),
+and only rank 0 validates and writes files; it tells the others when to stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io as _stdio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from geosr import __version__
+from geosr.bundle import (
+    AuxChannelSpec,
+    Bundle,
+    _safe_load,
+    channel_layout,
+    encode_aux,
+    encode_coarse,
+    fill_coarse,
+    save_bundle,
+)
+from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
+from geosr.io import atomic_path, check_output_file
+from geosr.manifest import Manifest, read_manifest
+from geosr.patches import DatasetReader, PatchPlan, Split, make_split, plan_patches, read_batch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "geosr-checkpoint"
+CHECKPOINT_VERSION = 1
+MIN_STEPS_PER_EPOCH = 8
+"""Tiny datasets still get this many steps per epoch, so a default run makes ~240 updates."""
+MAX_STEPS_PER_EPOCH = 500
+VAL_TILE_CELLS = 32
+"""Validation tiles: core size and context in coarse cells (a whole small dataset is one tile)."""
+VAL_HALO_CELLS = 6
+
+
+class Loss(str, Enum):
+    """Reconstruction losses (``--loss``)."""
+
+    l1 = "l1"
+    mse = "mse"
+    l1_grad = "l1+grad"
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Process group of a distributed run (the CLI fills it from torchrun's variables).
+
+    Attributes:
+        rank: this process's rank.
+        world_size: number of processes; 1 = not distributed.
+        local_rank: GPU index on this node.
+        master_addr: address of rank 0.
+        master_port: port of rank 0.
+        backend: ``nccl`` / ``gloo``; None = nccl on CUDA, else gloo.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``geosr train``.
+
+    Attributes:
+        dataset: prepared dataset folder (with a target layer).
+        out: model bundle to write (``.geosr``); the checkpoint and logs go beside it.
+        aux: aux layers to use, in channel order; None = all of the dataset's.
+        epochs: number of epochs.
+        max_minutes: stop cleanly after this many minutes of training (this process).
+        batch_size: patches per step (per process).
+        patch: patch size in coarse cells.
+        val_samples: sample ids held out for validation.
+        val_fraction: hold out this fraction of samples (latest dates).
+        val_block: hold out this fraction of the valid area as an eastern block.
+        loss: reconstruction loss.
+        grad_weight: weight of the gradient term of ``l1+grad``.
+        gan: adversarial training with a patch discriminator.
+        gan_recon_weight: weight of the reconstruction loss in the generator loss.
+        gan_adv_weight: weight of the adversarial term in the generator loss.
+        conserve: hard conservation layer (fine means equal the coarse cell).
+        seed: seed of initialisation and patch sampling.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        resume: checkpoint to continue from.
+        overwrite: replace an existing model, checkpoint and logs.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup: fraction of the steps with a linear warm-up.
+        steps_per_epoch: None = about one pass over the training cells.
+        augment: random flips/rotations of patches (for isotropic fields only).
+        arch: overrides of :class:`geosr.nn.NetConfig` fields, as (name, value) pairs.
+        cache_mb: read the dataset into memory when it fits in this many MB.
+        amp: mixed precision on CUDA (bf16 where supported, else fp16).
+        threads: CPU threads for torch (None = torch's default). One thread is often
+            fastest for small patches, and on a machine shared with other jobs.
+        dist: distributed process group.
+    """
+
+    dataset: Path
+    out: Path
+    aux: tuple[str, ...] | None = None
+    epochs: int = 30
+    max_minutes: float | None = None
+    batch_size: int = 16
+    patch: int = 6
+    val_samples: tuple[str, ...] = ()
+    val_fraction: float | None = None
+    val_block: float | None = None
+    loss: Loss = Loss.l1
+    grad_weight: float = 1.0
+    gan: bool = False
+    gan_recon_weight: float = 5.0
+    gan_adv_weight: float = 1.0
+    conserve: bool = True
+    seed: int = 0
+    device: str = "auto"
+    resume: Path | None = None
+    overwrite: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    steps_per_epoch: int | None = None
+    augment: bool = False
+    arch: tuple[tuple[str, Any], ...] = ()
+    cache_mb: float = 256.0
+    amp: bool = True
+    threads: int | None = None
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the progress callback receives.
+
+    Attributes:
+        kind: ``start`` (once), ``step`` (after each step), ``epoch`` (after validation).
+        epoch: 1-based epoch.
+        epochs: planned epochs.
+        step: steps done in this epoch.
+        steps: steps per epoch (this process).
+        loss: running mean training loss of the epoch (standardised units).
+        record: the epoch's log row (``epoch`` events).
+        message: a human line (``start`` events).
+    """
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    record: dict | None = None
+    message: str = ""
+
+
+Progress = Callable[[TrainEvent], None]
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` made."""
+
+    out: Path
+    bundle: Bundle | None
+    history: list[dict]
+    best_epoch: int | None
+    best: dict | None
+    seconds: float
+    stopped: str
+    checkpoint: Path
+    log_csv: Path
+    log_json: Path
+    split: str
+    baseline_rmse: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.out), "sha256": self.bundle.sha256 if self.bundle else None,
+            "best_epoch": self.best_epoch, "val": self.best, "seconds": round(self.seconds, 2),
+            "epochs": len([h for h in self.history if not h.get("partial")]),
+            "stopped": self.stopped, "checkpoint": str(self.checkpoint),
+            "log_csv": str(self.log_csv), "log_json": str(self.log_json), "split": self.split,
+            "val_rmse_bilinear": self.baseline_rmse,
+            "units": self.bundle.units if self.bundle else "",
+        }
+
+
+def side_paths(out: Path) -> tuple[Path, Path, Path]:
+    """Checkpoint, CSV log and JSON log paths beside the model ``out``."""
+    out = Path(out)
+    return out.with_suffix(".ckpt"), out.with_suffix(".log.csv"), out.with_suffix(".log.json")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_options(cfg: TrainConfig) -> None:
+    def bad(option: str, value: Any, expected: str) -> InputError:
+        return InputError(f"{option} {value!r} is out of range; expected {expected}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(cfg.epochs) or not 1 <= cfg.epochs <= 100_000:
+        raise bad("--epochs", cfg.epochs, "a whole number of epochs from 1 to 100000")
+    if not is_int(cfg.batch_size) or not 1 <= cfg.batch_size <= 4096:
+        raise bad("--batch-size", cfg.batch_size, "a whole number of patches from 1 to 4096")
+    if not is_int(cfg.patch) or not 2 <= cfg.patch <= 256:
+        raise bad("--patch", cfg.patch, "a patch size of 2 to 256 coarse cells (e.g. 6)")
+    if cfg.max_minutes is not None and not (math.isfinite(cfg.max_minutes)
+                                            and cfg.max_minutes > 0):
+        raise bad("--max-minutes", cfg.max_minutes, "a positive number of minutes")
+    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 1):
+        raise bad("--lr", cfg.lr, "a learning rate in (0, 1], e.g. 1e-3")
+    if cfg.steps_per_epoch is not None and (not is_int(cfg.steps_per_epoch)
+                                            or not 1 <= cfg.steps_per_epoch <= 1_000_000):
+        raise bad("--steps-per-epoch", cfg.steps_per_epoch, "a positive whole number")
+    if cfg.threads is not None and (not is_int(cfg.threads) or not 1 <= cfg.threads <= 1024):
+        raise bad("--threads", cfg.threads, "a positive number of CPU threads")
+    if not 0 <= cfg.warmup < 1:
+        raise bad("warmup", cfg.warmup, "a fraction in [0, 1)")
+    for name in ("grad_weight", "gan_recon_weight", "gan_adv_weight", "weight_decay"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise bad(name, v, "a non-negative number")
+    Loss(cfg.loss)
+
+
+def _aux_specs(manifest: Manifest, names: tuple[str, ...] | None) -> tuple[AuxChannelSpec, ...]:
+    if names is None:
+        names = tuple(a.name for a in manifest.aux)
+    available = ", ".join(a.name for a in manifest.aux) or "none"
+    seen = set()
+    specs = []
+    for name in names:
+        if name in seen:
+            raise InputError(f"--aux {name!r} is given twice; expected each layer once")
+        seen.add(name)
+        layer = next((a for a in manifest.aux if a.name == name), None)
+        if layer is None:
+            raise InputError(f"--aux {name!r} is not a layer of the dataset {manifest.root}; "
+                             f"expected some of: {available}")
+        st = layer.stats
+        if layer.categorical:
+            if not layer.classes:
+                raise InputError(f"{manifest.root}: categorical aux {name!r} lists no classes; "
+                                 "re-run `geosr prepare`")
+            specs.append(AuxChannelSpec(name=name, categorical=True, classes=layer.classes,
+                                        units=layer.units))
+        else:
+            mean = float(st.mean) if st else 0.0
+            std = float(st.std) if st and st.std and math.isfinite(st.std) and st.std > 0 else 1.0
+            specs.append(AuxChannelSpec(name=name, mean=mean, std=std, units=layer.units))
+    return tuple(specs)
+
+
+def _norm(manifest: Manifest) -> dict:
+    """One affine map for coarse input and output, so conservation holds in physical units."""
+    st = manifest.coarse.stats if manifest.coarse.stats else manifest.target.stats
+    mean = float(st.mean) if st else 0.0
+    std = float(st.std) if st and st.std and math.isfinite(st.std) and st.std > 0 else 1.0
+    return {"coarse": {"mean": mean, "std": std}, "target": {"mean": mean, "std": std}}
+
+
+def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpec, ...]):
+    from geosr.nn import NetConfig
+
+    arch = dict(cfg.arch)
+    reserved = {"factor", "n_coarse", "n_aux", "conserve"} & set(arch)
+    if reserved:
+        raise InputError(f"--arch {sorted(reserved)[0]}: set by the dataset and options; "
+                         "expected other architecture fields")
+    try:
+        return NetConfig(factor=manifest.factor, n_coarse=1,
+                         n_aux=sum(s.channels for s in specs), conserve=cfg.conserve, **arch)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--arch: {e}") from e
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over ``warmup * total`` steps, then cosine decay to 1% of the peak."""
+    n_warm = max(1, int(round(warmup * total))) if warmup > 0 else 0
+    if step < n_warm:
+        return (step + 1) / n_warm
+    t = (step - n_warm) / max(1, total - n_warm)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def recon_loss(pred, target, mask, kind: Loss, grad_weight: float):
+    """Masked reconstruction loss in standardised units; ``mask`` marks valid targets."""
+    import torch
+
+    m = mask.to(pred.dtype)
+    n = m.sum().clamp_min(1.0)
+    diff = (pred - target) * m
+    if kind is Loss.mse:
+        return (diff * diff).sum() / n
+    loss = diff.abs().sum() / n
+    if kind is Loss.l1_grad and grad_weight > 0:
+        terms = []
+        for dim in (-1, -2):
+            dp = torch.diff(pred, dim=dim)
+            dt = torch.diff(target, dim=dim)
+            mm = m.narrow(dim, 1, m.shape[dim] - 1) * m.narrow(dim, 0, m.shape[dim] - 1)
+            terms.append(((dp - dt).abs() * mm).sum() / mm.sum().clamp_min(1.0))
+        loss = loss + grad_weight * sum(terms)
+    return loss
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Acc:
+    """Running sums for RMSE, MAE, bias and Pearson r (float64)."""
+
+    n: int = 0
+    se: float = 0.0
+    ae: float = 0.0
+    e: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    syy: float = 0.0
+    sxy: float = 0.0
+
+    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        ok = np.isfinite(pred) & np.isfinite(truth)
+        p, t = pred[ok].astype(np.float64), truth[ok].astype(np.float64)
+        d = p - t
+        self.n += int(p.size)
+        self.se += float((d * d).sum())
+        self.ae += float(np.abs(d).sum())
+        self.e += float(d.sum())
+        self.sx += float(p.sum())
+        self.sy += float(t.sum())
+        self.sxx += float((p * p).sum())
+        self.syy += float((t * t).sum())
+        self.sxy += float((p * t).sum())
+
+    def result(self) -> dict:
+        if self.n == 0:
+            return {"rmse": None, "mae": None, "bias": None, "r": None, "n": 0}
+        n = self.n
+        cov = self.sxy / n - (self.sx / n) * (self.sy / n)
+        vx = self.sxx / n - (self.sx / n) ** 2
+        vy = self.syy / n - (self.sy / n) ** 2
+        r = cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else None
+        return {"rmse": math.sqrt(self.se / n), "mae": self.ae / n, "bias": self.e / n,
+                "r": r, "n": n}
+
+
+def _val_tiles(manifest: Manifest, split: Split) -> list[tuple[Window, Window]]:
+    """(read window with halo, core window) pairs in coarse cells, clipped to the grid."""
+    g = manifest.coarse_grid
+    c0, c1 = split.val_cols
+    tiles = []
+    for r in range(0, g.height, VAL_TILE_CELLS):
+        for c in range(c0, c1, VAL_TILE_CELLS):
+            core = Window(c, r, min(VAL_TILE_CELLS, c1 - c), min(VAL_TILE_CELLS, g.height - r))
+            rr0, cc0 = max(0, r - VAL_HALO_CELLS), max(0, c - VAL_HALO_CELLS)
+            rr1 = min(g.height, r + int(core.height) + VAL_HALO_CELLS)
+            cc1 = min(g.width, c + int(core.width) + VAL_HALO_CELLS)
+            tiles.append((Window(cc0, rr0, cc1 - cc0, rr1 - rr0), core))
+    return tiles
+
+
+def _fine(w: Window, f: int) -> Window:
+    return Window(int(w.col_off) * f, int(w.row_off) * f, int(w.width) * f, int(w.height) * f)
+
+
+def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
+             specs: tuple[AuxChannelSpec, ...], norm: dict, device, *,
+             baseline: bool = False) -> tuple[dict, dict | None]:
+    """Predict the validation data tile by tile; metrics in the target's physical units.
+
+    Returns:
+        (network metrics, bilinear-interpolation metrics on the same pixels or None).
+    """
+    import torch
+
+    from geosr.baselines import upsample
+
+    f = manifest.factor
+    acc, base = _Acc(), _Acc()
+    tn = norm["target"]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for read, core in _val_tiles(manifest, split):
+                fread, fcore = _fine(read, f), _fine(core, f)
+                aux = reader.aux(fread)
+                y0, x0 = int(fcore.row_off - fread.row_off), int(fcore.col_off - fread.col_off)
+                ys, xs = slice(y0, y0 + int(fcore.height)), slice(x0, x0 + int(fcore.width))
+                for band in split.val_bands:
+                    truth = reader.target(band, fcore)
+                    if not np.isfinite(truth).any():
+                        continue
+                    coarse = reader.coarse(band, read)
+                    if not np.isfinite(coarse).any():
+                        continue
+                    xc = encode_coarse(torch.from_numpy(fill_coarse(coarse))[None, None]
+                                       .to(device), norm)
+                    xa = encode_aux(torch.from_numpy(aux)[None].to(device), specs) \
+                        if specs else None
+                    y = model(xc, xa)[0, 0].float().cpu().numpy()
+                    pred = y * float(tn["std"]) + float(tn["mean"])
+                    nanc = ~np.isfinite(coarse)
+                    pred[np.repeat(np.repeat(nanc, f, 0), f, 1)] = np.nan
+                    acc.add(pred[ys, xs], truth)
+                    if baseline:
+                        base.add(upsample(coarse, f, "bilinear")[ys, xs], truth)
+    finally:
+        model.train(was_training)
+    return acc.result(), (base.result() if baseline else None)
+
+
+def _count_val_targets(reader: DatasetReader, manifest: Manifest, split: Split) -> int:
+    n = 0
+    for _, core in _val_tiles(manifest, split):
+        for band in split.val_bands:
+            n += int(np.isfinite(reader.target(band, _fine(core, manifest.factor))).sum())
+    return n
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Split,
+                 steps: int) -> dict:
+    return {
+        "variable": manifest.variable, "factor": manifest.factor,
+        "fine_grid": manifest.fine_grid.to_dict(),
+        "samples": [s.id for s in manifest.samples],
+        "aux": [s.to_dict() for s in specs], "arch": asdict(net_cfg),
+        "split": split.to_dict(manifest), "patch": cfg.patch, "batch_size": cfg.batch_size,
+        "steps_per_epoch": steps, "epochs": cfg.epochs, "loss": Loss(cfg.loss).value,
+        "grad_weight": cfg.grad_weight, "gan": cfg.gan,
+        "gan_recon_weight": cfg.gan_recon_weight, "gan_adv_weight": cfg.gan_adv_weight,
+        "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup,
+        "augment": cfg.augment, "world_size": cfg.dist.world_size,
+    }
+
+
+_OPTION_NAMES = {"steps_per_epoch": "--steps-per-epoch", "batch_size": "--batch-size",
+                 "patch": "--patch", "epochs": "--epochs", "loss": "--loss", "seed": "--seed",
+                 "gan": "--gan", "aux": "--aux", "split": "the validation split",
+                 "arch": "the architecture (--arch/--conserve)", "lr": "--lr",
+                 "world_size": "the number of processes"}
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
+    try:
+        ck = _safe_load(Path(path), what="training checkpoint")
+    except BundleError as e:
+        raise BundleError(f"--resume {e}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise BundleError(f"--resume {path}: not a geosr training checkpoint; expected the "
+                          "MODEL.ckpt file written by `geosr train`")
+    if ck.get("format_version") != CHECKPOINT_VERSION:
+        raise BundleError(f"--resume {path}: checkpoint version {ck.get('format_version')!r}; "
+                          f"expected {CHECKPOINT_VERSION}")
+    try:
+        meta = json.loads(ck["meta"])
+        old = meta["fingerprint"]
+        for key in ("model", "best", "opt", "sched"):
+            ck[key]  # noqa: B018 - presence check
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"--resume {path}: checkpoint is damaged ({type(e).__name__}: {e}); "
+                          "expected the MODEL.ckpt file written by `geosr train`") from e
+    for key, new in fingerprint.items():
+        if json.dumps(old.get(key), sort_keys=True) != json.dumps(new, sort_keys=True):
+            name = _OPTION_NAMES.get(key, key)
+            shown_old = json.dumps(old.get(key))[:80]
+            shown_new = json.dumps(new)[:80]
+            raise BundleError(f"--resume {path}: was made with {name} = {shown_old} but this "
+                              f"run has {shown_new}; expected the options of the interrupted "
+                              "run (only --max-minutes, --device and --overwrite may change)")
+    ck["meta"] = meta
+    return ck
+
+
+def _write_checkpoint(path: Path, state: dict, meta: dict) -> None:
+    import torch
+
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+               "meta": json.dumps(meta, default=str), **state}
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+
+
+LOG_FIELDS = ("epoch", "train_loss", "val_rmse", "val_mae", "val_bias", "val_r", "lr",
+              "seconds", "d_loss", "best", "partial")
+
+
+def _write_logs(csv_path: Path, json_path: Path, history: list[dict], summary: dict) -> None:
+    buf = _stdio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
+    with atomic_path(csv_path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue())
+    with atomic_path(json_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({**summary, "epochs": history}, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Group:
+    """The few collective operations the loop needs (no-ops in a single process)."""
+
+    def __init__(self, dist: DistConfig, device):
+        self.dist = dist
+        self.device = device
+        self.active = dist.world_size > 1
+
+    def flag(self, value: bool) -> bool:
+        """Rank 0's ``value`` on every rank."""
+        if not self.active:
+            return value
+        import torch
+        import torch.distributed as tdist
+
+        t = torch.tensor([1.0 if value else 0.0], device=self.device)
+        tdist.broadcast(t, src=0)
+        return bool(t.item() > 0.5)
+
+    def mean(self, value: float) -> float:
+        if not self.active:
+            return value
+        import torch
+        import torch.distributed as tdist
+
+        t = torch.tensor([value], dtype=torch.float64 if self.device.type == "cpu"
+                         else torch.float32, device=self.device)
+        tdist.all_reduce(t)
+        return float(t.item()) / self.dist.world_size
+
+
+def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
+    """Train a generator on a prepared dataset and write the bundle. See :class:`TrainConfig`.
+
+    Raises:
+        InputError: bad options or dataset (exit 2); BundleError for a bad ``resume``.
+        OutputExistsError: the model, checkpoint or logs exist without ``overwrite``.
+        ProcessingError: a run-time failure (exit 1).
+    """
+    import torch
+
+    from geosr.device import resolve_device
+
+    t_start = time.perf_counter()
+    _check_options(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    dist = cfg.dist
+    device = resolve_device(cfg.device)
+    if dist.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    manifest = read_manifest(cfg.dataset)
+    if manifest.target is None:
+        raise InputError(f"{cfg.dataset}: the dataset has no target layer; expected a training "
+                         "dataset (`geosr prepare ... --target FINE.tif`)")
+    specs = _aux_specs(manifest, cfg.aux)
+    norm = _norm(manifest)
+    net_cfg = _net_config(cfg, manifest, specs)
+    out = Path(cfg.out)
+    ckpt_path, csv_path, json_path = side_paths(out)
+    check_output_file(out, overwrite=cfg.overwrite)
+    if dist.is_main and cfg.resume is None and not cfg.overwrite:
+        for p in (ckpt_path, csv_path, json_path):
+            if p.exists():
+                raise OutputExistsError(f"{p}: exists from an earlier run; pass --resume "
+                                        f"{ckpt_path} to continue it, or --overwrite to start "
+                                        "over")
+    if cfg.resume is not None and not Path(cfg.resume).exists():
+        raise BundleError(f"--resume {cfg.resume}: file not found; expected a MODEL.ckpt "
+                          "written by `geosr train`")
+    if cfg.gan:
+        from geosr.nn import Discriminator
+
+        min_px = Discriminator().min_size
+        if cfg.patch * manifest.factor < min_px:
+            raise InputError(f"--patch {cfg.patch}: {cfg.patch * manifest.factor} fine pixels are "
+                             f"too small for the discriminator with --gan; expected at least "
+                             f"{math.ceil(min_px / manifest.factor)} coarse cells")
+
+    all_bands = tuple(s.band for s in manifest.samples)
+    group = None
+    try:
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            backend = dist.backend or ("nccl" if device.type == "cuda" else "gloo")
+            tdist.init_process_group(backend, init_method=f"tcp://{dist.master_addr}:"
+                                     f"{dist.master_port}", rank=dist.rank,
+                                     world_size=dist.world_size)
+        group = _Group(dist, device)
+        with DatasetReader(manifest, tuple(s.name for s in specs), all_bands,
+                           cache_mb=cfg.cache_mb) as reader:
+            return _train(cfg, manifest, reader, specs, norm, net_cfg, device, group,
+                          (out, ckpt_path, csv_path, json_path), t_start, progress)
+    except torch.cuda.OutOfMemoryError as e:
+        raise ProcessingError(f"{device}: out of GPU memory ({str(e).splitlines()[0]}); use a "
+                              "smaller --batch-size or --patch") from e
+    finally:
+        if group is not None and group.active:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, norm, net_cfg,
+           device, group: _Group, paths, t_start: float, progress: Progress | None
+           ) -> TrainResult:
+    import torch
+
+    from geosr.nn import Discriminator, Generator
+
+    out, ckpt_path, csv_path, json_path = paths
+    dist = cfg.dist
+    notify = progress if (progress is not None and dist.is_main) else (lambda ev: None)
+
+    count = reader.coarse_valid_count(tuple(s.band for s in manifest.samples))
+    split = make_split(manifest, val_samples=tuple(cfg.val_samples),
+                       val_fraction=cfg.val_fraction, val_block=cfg.val_block,
+                       coarse_valid=count > 0)
+    train_count = reader.coarse_valid_count(split.train_bands)
+    valid = train_count * 2 >= max(1, len(split.train_bands))
+    plan: PatchPlan = plan_patches(valid if valid.any() else train_count > 0, split, cfg.patch)
+    if _count_val_targets(reader, manifest, split) == 0:
+        raise InputError(f"{cfg.dataset}: the validation data ({split.describe(manifest)}) "
+                         "hold no valid target cells; expected another --val-samples, "
+                         "--val-fraction or --val-block")
+    steps = cfg.steps_per_epoch or min(MAX_STEPS_PER_EPOCH, max(
+        MIN_STEPS_PER_EPOCH, math.ceil(plan.patches_per_pass() / cfg.batch_size)))
+    steps = max(1, math.ceil(steps / dist.world_size))
+    total_steps = steps * cfg.epochs
+    fingerprint = _fingerprint(cfg, manifest, specs, net_cfg, split, steps)
+
+    torch.manual_seed(cfg.seed)
+    model = Generator(net_cfg).to(device)
+    disc = Discriminator(in_channels=1).to(device) if cfg.gan else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total_steps, cfg.warmup))
+    d_opt = (torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999),
+                               weight_decay=cfg.weight_decay) if disc is not None else None)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype is torch.float16)
+
+    history: list[dict] = []
+    best_state: dict | None = None
+    best: dict | None = None
+    best_epoch: int | None = None
+    baseline: dict | None = None
+    start_epoch = 0
+    elapsed_before = 0.0
+    if cfg.resume is not None:
+        ck = _load_checkpoint(Path(cfg.resume), fingerprint)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            if disc is not None:
+                disc.load_state_dict(ck["disc"])
+                d_opt.load_state_dict(ck["d_opt"])
+            if "scaler" in ck and scaler.is_enabled():
+                scaler.load_state_dict(ck["scaler"])
+            if "rng_torch" in ck:
+                torch.set_rng_state(ck["rng_torch"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise BundleError(f"--resume {cfg.resume}: checkpoint does not fit this model "
+                              f"({str(e).splitlines()[0][:160]}); expected one written by the "
+                              "same command") from e
+        meta = ck["meta"]
+        start_epoch = int(meta["epoch"])
+        history = list(meta.get("history", []))
+        best_state = ck["best"]
+        best = meta.get("best")
+        best_epoch = meta.get("best_epoch")
+        baseline = meta.get("baseline")
+        elapsed_before = float(meta.get("seconds", 0.0))
+        log.info("resuming %s at epoch %d of %d", cfg.resume, start_epoch + 1, cfg.epochs)
+
+    ddp_model = model
+    if group.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        if disc is not None:
+            disc = DistributedDataParallel(
+                disc, device_ids=[device.index] if device.type == "cuda" else None)
+
+    notify(TrainEvent("start", start_epoch, cfg.epochs, 0, steps, message=(
+        f"training on {device} | {split.describe(manifest)} | {len(plan.starts)} patch "
+        f"positions of {cfg.patch}x{cfg.patch} coarse cells, {steps} steps/epoch of "
+        f"{cfg.batch_size} | aux: {', '.join(channel_layout(specs)) or 'none'}")))
+
+    t_loop = time.perf_counter()
+    deadline = t_loop + cfg.max_minutes * 60 if cfg.max_minutes else None
+    stopped = "epochs"
+    tn_mean, tn_std = float(norm["target"]["mean"]), float(norm["target"]["std"])
+    bce = torch.nn.BCEWithLogitsLoss()
+    f = manifest.factor
+
+    def summary(epochs_done: int) -> dict:
+        return {
+            "dataset": str(cfg.dataset), "variable": manifest.variable, "units": manifest.units,
+            "split": split.to_dict(manifest), "epochs": epochs_done, "epochs_planned": cfg.epochs,
+            "best_epoch": best_epoch, "val": best,
+            "val_rmse_bilinear": baseline.get("rmse") if baseline else None,
+            "seconds": round(elapsed_before + time.perf_counter() - t_loop, 2),
+            "seed": cfg.seed, "loss": Loss(cfg.loss).value, "gan": cfg.gan,
+            "conserve": cfg.conserve, "device": str(device), "patch": cfg.patch,
+            "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
+            "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
+            "aux": [s.name for s in specs], "channels": channel_layout(specs),
+            "geosr_version": __version__,
+        }
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + dist.rank)
+        model.train()
+        if disc is not None:
+            disc.train()
+        loss_sum, d_sum, done = 0.0, 0.0, 0
+        stop = False
+        for step in range(steps):
+            picks = rng.integers(0, len(plan.starts), size=cfg.batch_size)
+            tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
+            batch = read_batch(reader, plan, picks, f, transforms=tforms)
+            xc = encode_coarse(torch.from_numpy(fill_coarse(batch.coarse))[:, None].to(device),
+                               norm)
+            xa = encode_aux(torch.from_numpy(batch.aux).to(device), specs) if specs else None
+            tgt = torch.from_numpy(batch.target)[:, None].to(device)
+            mask = torch.isfinite(tgt)
+            tgt = torch.nan_to_num((tgt - tn_mean) / tn_std, nan=0.0)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = ddp_model(xc, xa)
+            pred = pred.float()
+            loss = recon_loss(pred, tgt, mask, Loss(cfg.loss), cfg.grad_weight)
+            d_loss_val = 0.0
+            if disc is not None:
+                # The discriminator sees the same mask on both sides, so nodata tells it nothing.
+                real = torch.where(mask, tgt, torch.zeros_like(tgt))
+                fake = torch.where(mask, pred, torch.zeros_like(pred))
+                d_opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    lr_real, lr_fake = disc(real), disc(fake.detach())
+                d_loss = (bce(lr_real.float(), torch.ones_like(lr_real, dtype=torch.float32))
+                          + bce(lr_fake.float(), torch.zeros_like(lr_fake, dtype=torch.float32)))
+                scaler.scale(d_loss).backward()
+                scaler.step(d_opt)
+                d_loss_val = float(d_loss.detach())
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    g_logits = disc(fake)
+                adv = bce(g_logits.float(), torch.ones_like(g_logits, dtype=torch.float32))
+                g_loss = cfg.gan_recon_weight * loss + cfg.gan_adv_weight * adv
+            else:
+                g_loss = loss
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(g_loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if not math.isfinite(float(loss.detach())):
+                raise ProcessingError(f"training diverged at epoch {epoch + 1} step {step + 1} "
+                                      "(loss is not finite); try a smaller --lr")
+            loss_sum += float(loss.detach())
+            d_sum += d_loss_val
+            done += 1
+            notify(TrainEvent("step", epoch + 1, cfg.epochs, done, steps, loss_sum / done))
+            if deadline is not None:
+                stop = group.flag(time.perf_counter() > deadline)
+                if stop and step + 1 < steps:
+                    break
+        partial = done < steps
+        train_loss = group.mean(loss_sum / max(done, 1))
+        record: dict = {"epoch": epoch + 1, "train_loss": train_loss,
+                        "lr": float(opt.param_groups[0]["lr"]),
+                        "d_loss": d_sum / max(done, 1) if disc is not None else None,
+                        "partial": partial}
+        if dist.is_main:
+            metrics, base = validate(model, reader, manifest, split, specs, norm, device,
+                                     baseline=baseline is None)
+            if base is not None:
+                baseline = base
+            record.update(val_rmse=metrics["rmse"], val_mae=metrics["mae"],
+                          val_bias=metrics["bias"], val_r=metrics["r"])
+            improved = metrics["rmse"] is not None and (best is None or best.get("rmse") is None
+                                                        or metrics["rmse"] < best["rmse"])
+            if improved:
+                best, best_epoch = metrics, epoch + 1
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
+                                            model.state_dict().items()})
+            record["best"] = bool(improved)
+            record["seconds"] = time.perf_counter() - t_epoch
+            history.append(record)
+            if not partial:
+                state = {"model": model.state_dict(), "best": best_state,
+                         "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "rng_torch": torch.get_rng_state()}
+                if disc is not None:
+                    state["disc"] = (disc.module if group.active else disc).state_dict()
+                    state["d_opt"] = d_opt.state_dict()
+                if scaler.is_enabled():
+                    state["scaler"] = scaler.state_dict()
+                _write_checkpoint(ckpt_path, state, {
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
+                    "best": best, "best_epoch": best_epoch, "baseline": baseline,
+                    "seconds": elapsed_before + time.perf_counter() - t_loop,
+                    "geosr_version": __version__})
+            _write_logs(csv_path, json_path, history, summary(epoch + 1 - int(partial)))
+            notify(TrainEvent("epoch", epoch + 1, cfg.epochs, done, steps, train_loss,
+                              record=record))
+        if stop:
+            stopped = "max-minutes"
+            log.info("--max-minutes %g reached after epoch %d%s", cfg.max_minutes, epoch + 1,
+                     " (partial)" if partial else "")
+            break
+
+    epochs_done = sum(1 for h in history if not h.get("partial"))
+    bundle = None
+    if dist.is_main:
+        if best_state is None:
+            best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        final_summary = summary(epochs_done)
+        _write_logs(csv_path, json_path, history, final_summary)
+        bundle = save_bundle(out, overwrite=cfg.overwrite, config=net_cfg, aux=specs,
+                             factor=manifest.factor, res_m=manifest.res_m,
+                             variable=manifest.variable, units=manifest.units, norm=norm,
+                             training=final_summary, state_dict=best_state)
+    return TrainResult(out=out, bundle=bundle, history=history, best_epoch=best_epoch,
+                       best=best, seconds=time.perf_counter() - t_start, stopped=stopped,
+                       checkpoint=ckpt_path, log_csv=csv_path, log_json=json_path,
+                       split=split.describe(manifest),
+                       baseline_rmse=baseline.get("rmse") if baseline else None)
+
+
+def parse_arch(tokens: list[str] | tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """Parse ``--arch key=value`` tokens (ints, floats, true/false, strings)."""
+    out = []
+    for tok in tokens:
+        if "=" not in tok:
+            raise InputError(f"--arch {tok!r}: expected KEY=VALUE, e.g. --arch fine_width=32")
+        key, text = (s.strip() for s in tok.split("=", 1))
+        value: Any
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out.append((key, value))
+    return tuple(out)

@@ -1,0 +1,319 @@
+"""Model bundles: round trip, safe loading, damaged files, model lookup, the Predictor."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import geosr.bundle as gb
+from geosr.bundle import (
+    BUNDLE_FORMAT_VERSION,
+    AuxChannelSpec,
+    Predictor,
+    encode_aux,
+    load_bundle,
+    resolve_model,
+    save_bundle,
+)
+from geosr.cli import app
+from geosr.errors import BundleError, OutputExistsError
+from geosr.nn import Generator, NetConfig
+
+F = 4
+AUX = (AuxChannelSpec("dem", mean=1000.0, std=500.0, units="m"),
+       AuxChannelSpec("lc", categorical=True, classes=(1.0, 2.0, 5.0)))
+NORM = {"coarse": {"mean": 10.0, "std": 5.0}, "target": {"mean": 10.0, "std": 5.0}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(**kw) -> NetConfig:
+    base = dict(factor=F, n_aux=4, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
+                n_blocks=1, fine_blocks=1)
+    return NetConfig(**{**base, **kw})
+
+
+def write_bundle(path, *, seed=0, config=None, **kw):
+    torch.manual_seed(seed)
+    config = config or tiny_config()
+    model = Generator(config)
+    with torch.no_grad():  # make the head matter, so predictions differ from interpolation
+        model.head[-1].weight.mul_(10)
+    fields = dict(config=config, aux=AUX, factor=F, res_m=500.0, variable="t2m", units="degC",
+                  norm=NORM, training={"epochs": 3, "val": {"rmse": 0.5}},
+                  state_dict=model.state_dict())
+    fields.update(kw)
+    return save_bundle(path, overwrite=True, **fields), model
+
+
+@pytest.fixture
+def bundle_path(tmp_path):
+    path = tmp_path / "m.geosr"
+    write_bundle(path)
+    return path
+
+
+def inputs(n=2, h=5, w=6, seed=1):
+    rng = np.random.default_rng(seed)
+    coarse = (10 + 3 * rng.normal(size=(n, h, w))).astype(np.float32)
+    dem = 1000 + 400 * rng.normal(size=(n, 1, h * F, w * F))
+    lc = rng.choice([1.0, 2.0, 5.0], size=(n, 1, h * F, w * F))
+    return coarse, np.concatenate([dem, lc], axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    saved, model = write_bundle(tmp_path / "m.geosr")
+    loaded = load_bundle(tmp_path / "m.geosr")
+    assert loaded.config == saved.config
+    assert loaded.aux == AUX and loaded.aux_names == ("dem", "lc")
+    assert loaded.channels == ["dem", "lc=1", "lc=2", "lc=5"]
+    assert (loaded.factor, loaded.res_m, loaded.variable, loaded.units) == (F, 500.0, "t2m", "degC")
+    assert loaded.norm == NORM and loaded.training["val"]["rmse"] == 0.5
+    assert loaded.sha256 == saved.sha256 and len(loaded.sha256) == 64
+    assert loaded.geosr_version and loaded.halo_coarse >= 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict[k], v)
+    rebuilt = loaded.build_model()
+    assert not rebuilt.training
+    x, a = torch.randn(1, 1, 3, 3), torch.randn(1, 4, 3 * F, 3 * F)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, a), model(x, a))
+
+
+def test_hash_depends_on_weights_and_norm_not_on_training_summary(tmp_path):
+    a, _ = write_bundle(tmp_path / "a.geosr", seed=0)
+    b, _ = write_bundle(tmp_path / "b.geosr", seed=0, training={"epochs": 99})
+    c, _ = write_bundle(tmp_path / "c.geosr", seed=1)
+    unit = {"mean": 0.0, "std": 1.0}
+    d, _ = write_bundle(tmp_path / "d.geosr", seed=0, norm={"coarse": unit, "target": unit})
+    assert a.sha256 == b.sha256
+    assert len({a.sha256, c.sha256, d.sha256}) == 3
+
+
+def test_save_refuses_existing_file_without_overwrite(bundle_path):
+    b = load_bundle(bundle_path)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        save_bundle(bundle_path, b)
+    again = save_bundle(bundle_path, b, overwrite=True)
+    assert again.sha256 == b.sha256
+    assert [p.name for p in bundle_path.parent.iterdir()] == ["m.geosr"]  # no temp files left
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+class _Evil:
+    """Unpickling this would create a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_pickle_inside_a_torch_archive_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.geosr"
+    torch.save({"format": "geosr-bundle", "format_version": 1, "meta": "{}",
+                "state_dict": {"w": torch.zeros(1)}, "x": _Evil(marker)}, path)
+    with pytest.raises(BundleError, match="refused") as e:
+        load_bundle(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_raw_pickle_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.geosr"
+    path.write_bytes(pickle.dumps({"state_dict": _Evil(marker)}))
+    with pytest.raises(BundleError, match="refused"):
+        load_bundle(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "text", "zip", "folder", "missing"])
+def test_damaged_or_foreign_files_give_one_line_errors(bundle_path, tmp_path, damage):
+    path = tmp_path / "bad.geosr"
+    if damage == "truncate":
+        path.write_bytes(bundle_path.read_bytes()[: bundle_path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("just some text\n")
+    elif damage == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("hello.txt", "not a model")
+    elif damage == "folder":
+        path.mkdir()
+    with pytest.raises(BundleError) as e:
+        load_bundle(path)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg
+    assert "expected" in msg
+
+
+def _rewrite(path, mutate):
+    payload = torch.load(path, weights_only=True)
+    mutate(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path.write_bytes(buf.getvalue())
+
+
+def test_other_format_version_is_refused(bundle_path):
+    _rewrite(bundle_path, lambda p: p.update(format_version=BUNDLE_FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match=r"format version 2 .*expected version 1"):
+        load_bundle(bundle_path)
+
+
+def test_not_a_bundle_dictionary_is_refused(bundle_path):
+    _rewrite(bundle_path, lambda p: p.update(format="something-else"))
+    with pytest.raises(BundleError, match="not a geosr model bundle"):
+        load_bundle(bundle_path)
+
+
+def test_tampered_weights_fail_the_hash(bundle_path):
+    def mutate(p):
+        k = next(iter(p["state_dict"]))
+        p["state_dict"][k] = p["state_dict"][k] + 1
+
+    _rewrite(bundle_path, mutate)
+    with pytest.raises(BundleError, match="hash"):
+        load_bundle(bundle_path)
+
+
+def test_damaged_metadata_is_one_line(bundle_path):
+    def mutate(p):
+        meta = json.loads(p["meta"])
+        del meta["factor"]
+        p["meta"] = json.dumps(meta)
+
+    _rewrite(bundle_path, mutate)
+    with pytest.raises(BundleError, match="metadata is damaged"):
+        load_bundle(bundle_path)
+
+
+def test_unknown_architecture_field_asks_for_upgrade(bundle_path):
+    def mutate(p):
+        meta = json.loads(p["meta"])
+        meta["config"]["wings"] = 2
+        p["meta"] = json.dumps(meta)
+
+    _rewrite(bundle_path, mutate)
+    with pytest.raises(BundleError, match="wings"):
+        load_bundle(bundle_path)
+
+
+def test_cli_corrupt_model_exits_2_with_one_line(tmp_path):
+    from conftest import write_raster
+
+    coarse = write_raster(tmp_path / "c.tif", np.full((4, 4), 10.0, np.float32), res=2000.0)
+    dem = write_raster(tmp_path / "dem.tif", np.full((16, 16), 500.0, np.float32), res=500.0)
+    bad = tmp_path / "bad.geosr"
+    bad.write_bytes(b"PK\x03\x04 damaged")
+    res = CliRunner().invoke(app, ["downscale", str(coarse), "--aux", f"dem={dem}", "--model",
+                                   str(bad), "-o", str(tmp_path / "out.tif")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0]
+    assert not (tmp_path / "out.tif").exists()
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def test_resolve_model_by_path_and_shipped_name(tmp_path, monkeypatch, bundle_path):
+    assert resolve_model(str(bundle_path)) == bundle_path
+    shipped = tmp_path / "shipped"
+    (shipped / "alps-t2m").mkdir(parents=True)
+    (shipped / "alps-t2m" / "alps-t2m.geosr").write_bytes(bundle_path.read_bytes())
+    (shipped / "uk-tmax.geosr").write_bytes(bundle_path.read_bytes())
+    monkeypatch.setattr(gb, "shipped_model_dirs", lambda: [shipped])
+    assert resolve_model("alps-t2m") == shipped / "alps-t2m" / "alps-t2m.geosr"
+    assert resolve_model("uk-tmax") == shipped / "uk-tmax.geosr"
+    with pytest.raises(BundleError, match=r"'nope'.*alps-t2m, uk-tmax"):
+        resolve_model("nope")
+
+
+def test_shipped_model_dirs_exist():
+    assert all(d.is_dir() for d in gb.shipped_model_dirs())
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+def test_predictor_shapes_nodata_and_conservation(bundle_path):
+    b = load_bundle(bundle_path)
+    p = Predictor(b)
+    assert p.factor == F and p.aux_names == ("dem", "lc") and p.halo_coarse >= 1
+    coarse, aux = inputs()
+    coarse[0, 1, 2] = np.nan
+    aux[1, 0, :3, :3] = np.nan
+    out = p.predict(coarse, aux)
+    assert out.shape == (2, 5 * F, 6 * F) and out.dtype == np.float32
+    block = out[0, F:2 * F, 2 * F:3 * F]
+    assert np.isnan(block).all()
+    assert np.isfinite(np.delete(out[0].reshape(-1), np.flatnonzero(np.isnan(out[0])))).all()
+    assert np.isfinite(out[1]).all()
+    means = out.reshape(2, 5, F, 6, F).mean(axis=(2, 4))
+    ok = np.isfinite(coarse)
+    np.testing.assert_allclose(means[ok], coarse[ok], atol=1e-4)
+    # not just interpolation: the aux drive sub-grid detail
+    assert float(np.nanstd(out[1] - np.repeat(np.repeat(coarse[1], F, 0), F, 1))) > 1e-3
+
+
+def test_predictor_conserve_override(bundle_path):
+    b = load_bundle(bundle_path)
+    coarse, aux = inputs(n=1)
+    off = Predictor(b, conserve=False).predict(coarse, aux)
+    on = Predictor(b, conserve=None).predict(coarse, aux)
+    assert Predictor(b, conserve=False).conserve is False
+    means = off.reshape(1, 5, F, 6, F).mean(axis=(2, 4))
+    assert np.abs(means - coarse).max() > 1e-3
+    assert not np.allclose(off, on)
+
+
+def test_predictor_batches_large_inputs(bundle_path, monkeypatch):
+    b = load_bundle(bundle_path)
+    coarse, aux = inputs(n=5)
+    whole = Predictor(b).predict(coarse, aux)
+    monkeypatch.setattr(gb, "MAX_PREDICT_PX", 1)  # one sample per forward pass
+    np.testing.assert_allclose(Predictor(b).predict(coarse, aux), whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["missing", "one_layer", "three_layers", "wrong_size"])
+def test_predictor_refuses_wrong_aux(bundle_path, bad):
+    p = Predictor(load_bundle(bundle_path))
+    coarse, aux = inputs(n=1)
+    arg = {"missing": None, "one_layer": aux[:, :1],
+           "three_layers": np.concatenate([aux, aux[:, :1]], axis=1),
+           "wrong_size": aux[:, :, :-F]}[bad]
+    with pytest.raises(BundleError, match=r"dem, lc"):
+        p.predict(coarse, arg)
+
+
+def test_encode_aux_one_hot_and_standardise():
+    aux = torch.tensor([[[[1500.0, np.nan]], [[2.0, 7.0]]]])  # (1, 2, 1, 2)
+    enc = encode_aux(aux, AUX)
+    assert enc.shape == (1, 4, 1, 2)
+    np.testing.assert_allclose(enc[0, 0, 0].numpy(), [1.0, 0.0])  # (1500-1000)/500; NaN -> 0
+    np.testing.assert_allclose(enc[0, 1:, 0, 0].numpy(), [0, 1, 0])  # class 2
+    np.testing.assert_allclose(enc[0, 1:, 0, 1].numpy(), [0, 0, 0])  # unknown class 7
