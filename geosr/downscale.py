@@ -78,13 +78,20 @@ METHOD_LABELS = {
 # Whether the per-coarse-cell correction is applied when --conserve is not given.
 # Plain bicubic stays plain interpolation unless asked.
 CONSERVE_DEFAULT = {Method.net: True, Method.sharpen: True, Method.bicubic: False}
-DEFAULT_TILE_PX = {Method.net: 512, Method.sharpen: 1024, Method.bicubic: 1024}
+# Tile cores: the stitch buffer holds a full-width row of tiles, so peak memory grows
+# with width x tile; these keep it within ~1.2x from 2k to 16k px wide (see
+# benchmarks/bench_downscale.py) while the overlap stays a small share of the work.
+DEFAULT_TILE_PX = {Method.net: 512, Method.sharpen: 768, Method.bicubic: 768}
 # Context per side, in coarse cells. The outer half of it gets zero blend weight, so it
 # must cover the method's support: 1 cell for the bilinear residual of ``sharpen``,
 # 2 cells for bicubic.
 DEFAULT_OVERLAP_CELLS = {Method.sharpen: 2, Method.bicubic: 4}
 DEFAULT_RES_M = 500.0
-STAGE_BLOCK_PX = 256
+STAGE_BLOCK_ROWS = 32  # rows of the stage file's blocks (the writer holds back fewer)
+# Coarse cells the sharpening regression is fitted on, at most: beyond, a systematic
+# sample of row strips (a few coefficients need far fewer cells; reading all of a
+# 16k x 16k aux twice would cost as much as the tiles themselves).
+FIT_MAX_CELLS = 250_000
 # libdeflate level 1 takes half the time of the default 6 for ~1-2 % larger float32 COGs.
 COG_DEFLATE_LEVEL = 1
 MAX_DEFAULT_WORKERS = 4
@@ -792,8 +799,10 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     t0 = time.perf_counter()
     aux_coarse = None
     if job.method is Method.sharpen:
-        aux_coarse = np.concatenate([_read_coarse_aux(s.path, coarse_grid, engine.workers)
-                                     for s in aux])
+        aux_coarse = np.concatenate([
+            _read_coarse_aux(s.path, fine, coarse_grid, engine.workers, on_grid=r is None,
+                             max_cells=FIT_MAX_CELLS)
+            for s, (_, r) in zip(aux, job.aux, strict=True)])
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else layer_name_from_path(info.path)
@@ -813,7 +822,7 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
         if TMP_TAG not in tmp_tif.name:  # pragma: no cover - atomic_path names carry the tag
             raise ProcessingError(f"{tmp_tif}: temporary name lacks {TMP_TAG}")
         try:
-            dst = open_stream_writer(tmp_tif, fine, n_bands, block=STAGE_BLOCK_PX,
+            dst = open_stream_writer(tmp_tif, fine, n_bands, block_rows=STAGE_BLOCK_ROWS,
                                      descriptions=descriptions, units=units, tags=tags)
             try:
                 for b in range(n_bands):
@@ -822,27 +831,10 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                 with AlignedReader(info.path, coarse_grid,
                                    resampling_for(info, coarse_grid, coarse_input=True)) as crd:
                     for group in groups:
-                        coarse = crd.read(None, [b + 1 for b in group])
-                        if not np.isfinite(coarse).any():
-                            log.warning("%s bands %s: no valid coarse cells in the grid; the "
-                                        "output is nodata there", info.path,
-                                        f"{group[0] + 1}-{group[-1] + 1}")
-                        gjob = job
-                        if job.method is Method.sharpen:
-                            gjob = _with_fits(job, coarse, aux_coarse, info, group, dst)
-                        stitch = RowStitcher(plan, bands=len(group))
-                        writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width,
-                                                 fine.height, STAGE_BLOCK_PX)
-                        for tiles, preds in _ordered(
-                                engine, _tile_items(plan, coarse, tile_batch), gjob, predictor):
-                            for tile, pred in zip(tiles, preds, strict=True):
-                                stitch.add(tile, pred)
-                            done += len(tiles)
-                            if progress:
-                                progress(name, done, total)
-                            if tiles[-1].col == plan.cols.count - 1:
-                                _flush(stitch.finish_row(), writer, coarse, f, conserve)
-                        writer.close()
+                        done = _stream_group(crd, group, p, job, engine, predictor, dst,
+                                             aux_coarse, conserve=conserve,
+                                             tile_batch=tile_batch, done=done, total=total,
+                                             progress=progress)
             finally:
                 dst.close()
             t2 = time.perf_counter()
@@ -857,6 +849,36 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             for path in (tmp_tif, Path(f"{tmp_tif}.aux.xml")):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predictor, dst,
+                  aux_coarse: np.ndarray | None, *, conserve: bool, tile_batch: int,
+                  done: int, total: int, progress: Progress | None) -> int:
+    """Predict, stitch, conserve and write one group of bands; returns tiles done.
+
+    Its own function so that the stitch buffer is freed before the COG copy.
+    """
+    info, fine, plan = p.info, p.fine, p.tiles
+    name = Path(p.out).name
+    coarse = crd.read(None, [b + 1 for b in group])
+    if not np.isfinite(coarse).any():
+        log.warning("%s bands %d-%d: no valid coarse cells in the grid; the output is nodata "
+                    "there", info.path, group[0] + 1, group[-1] + 1)
+    if job.method is Method.sharpen:
+        job = _with_fits(job, coarse, aux_coarse, info, group, dst)
+    stitch = RowStitcher(plan, bands=len(group))
+    writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
+                             STAGE_BLOCK_ROWS)
+    for tiles, preds in _ordered(engine, _tile_items(plan, coarse, tile_batch), job, predictor):
+        for tile, pred in zip(tiles, preds, strict=True):
+            stitch.add(tile, pred)
+        done += len(tiles)
+        if progress:
+            progress(name, done, total)
+        if tiles[-1].col == plan.cols.count - 1:
+            _flush(stitch.finish_row(), writer, coarse, plan.factor, conserve)
+    writer.close()
+    return done
 
 
 def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int) -> Iterator[tuple]:
@@ -901,24 +923,67 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: np.ndarray, info: R
     return replace(job, fits=tuple(fits))
 
 
-def _read_coarse_aux(path: str, grid: Grid, workers: int) -> np.ndarray:
-    """Band 1 of an aux layer averaged onto the coarse grid, in row strips on threads.
+def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
+                     on_grid: bool, max_cells: int | None = None) -> np.ndarray:
+    """Band 1 of an aux layer averaged over each coarse cell, in row strips on threads.
 
-    Used to fit the sharpening regression; GDAL's area average stands in for the block
-    mean of the fine-grid aux (identical when the aux is on the fine grid).
+    Used to fit the sharpening regression. A source on the fine grid's lattice is read
+    directly and block-averaged over its valid cells (exact); any other source goes
+    through GDAL's area-weighted average onto the coarse grid. With ``max_cells``, only
+    every k-th strip (about 1024 fine rows each) is read, enough for ``max_cells`` coarse
+    cells spread over the scene; other rows are NaN (the fit ignores them).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    out = np.empty((1, grid.height, grid.width), np.float32)
-    n = max(1, min(workers, grid.height))
-    edges = np.linspace(0, grid.height, n + 1).astype(int)
+    f = fine.width // coarse.width
+    out = np.full((1, coarse.height, coarse.width), np.nan, np.float32)
+    step = max(1, 1024 // f)  # coarse rows per strip
+    starts = list(range(0, coarse.height, step))
+    cells = coarse.width * coarse.height
+    if max_cells and cells > max_cells:
+        k = math.ceil(cells / max_cells)
+        starts = starts[k // 2::k] or starts[:1]
+    local = threading.local()
+    opened: list = []
+    lock = threading.Lock()
 
-    def strip(k: int) -> None:
-        r0, r1 = int(edges[k]), int(edges[k + 1])
-        if r1 > r0:
-            with AlignedReader(path, grid, Resampling.average) as rd:
-                out[:, r0:r1] = rd.read(Window(0, r0, grid.width, r1 - r0), [1])
+    def reader():
+        rd = getattr(local, "rd", None)
+        if rd is None:
+            rd = (OnGridReader(path, fine) if on_grid
+                  else AlignedReader(path, coarse, Resampling.average)).__enter__()
+            local.rd = rd
+            with lock:
+                opened.append(rd)
+        return rd
 
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        list(pool.map(strip, range(n)))
+    col_step = max(1, 1024 // f)  # coarse columns per read: bounded temporaries
+
+    def strip(r0: int) -> None:
+        r1 = min(r0 + step, coarse.height)
+        for c0 in range(0, coarse.width, col_step):
+            c1 = min(c0 + col_step, coarse.width)
+            if on_grid:
+                arr = reader().read(Window(c0 * f, r0 * f, (c1 - c0) * f, (r1 - r0) * f), [1])
+                out[:, r0:r1, c0:c1] = _block_mean(arr, f)
+            else:
+                out[:, r0:r1, c0:c1] = reader().read(Window(c0, r0, c1 - c0, r1 - r0), [1])
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(strip, starts))
+    finally:
+        for rd in opened:
+            rd.__exit__(None, None, None)
     return out
+
+
+def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:
+    """Mean of the valid cells of each ``f x f`` block of ``(bands, rows, cols)``; NaN if none."""
+    b, r, c = arr.shape
+    blocks = arr.reshape(b, r // f, f, c // f, f)
+    valid = np.isfinite(blocks)
+    total = np.where(valid, blocks, np.float32(0)).sum(axis=4, dtype=np.float64).sum(axis=2)
+    count = valid.sum(axis=4, dtype=np.int32).sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

@@ -379,18 +379,22 @@ def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, *
         raise ProcessingError(f"{dst_path}: COG writing failed ({e})") from e
 
 
-def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block: int = 256,
-                       descriptions: list[str] | None = None, units: list[str] | None = None,
+def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block: int = 512,
+                       block_rows: int = 32, descriptions: list[str] | None = None,
+                       units: list[str] | None = None,
                        tags: dict | None = None) -> rasterio.io.DatasetWriter:
     """Create a temporary float32 GeoTIFF for streamed writes ahead of a COG copy.
 
     Band-interleaved, so that bands written in separate passes never rewrite a block;
-    ZSTD level 1 without predictor: the file is written once, read once by
-    :func:`translate_to_cog` and deleted, so speed matters more than size. Write whole
-    rows of blocks (row offsets multiple of ``block``) to keep GDAL's cache small.
+    wide, short tiles (``block`` x ``block_rows``) so that a writer holding back a
+    partial row of blocks holds little; ZSTD level 1 without predictor: the file is
+    written once, read once by :func:`translate_to_cog` and deleted, so speed matters
+    more than size. Write whole rows of blocks (row offsets multiple of ``block_rows``).
     """
     profile = {**gtiff_profile(grid, count, block=block), "compress": "zstd", "zstd_level": 1,
                "interleave": "band"}
+    if profile.get("tiled"):
+        profile["blockysize"] = block_rows
     profile.pop("predictor", None)
     try:
         dst = rasterio.open(path, "w", **profile)

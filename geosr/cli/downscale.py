@@ -57,7 +57,7 @@ def downscale_cmd(
     crs: str = typer.Option(None, "--crs", help="Projected CRS of the grids, e.g. EPSG:3035 "
                             "(default: the input's, or a local UTM zone)."),
     tile: int = typer.Option(None, "--tile", help="Tile core size in fine pixels, rounded to "
-                             "whole coarse cells (default 512 for a network, 1024 otherwise)."),
+                             "whole coarse cells (default 512 for a network, 768 otherwise)."),
     overlap: int = typer.Option(None, "--overlap", help="Context per tile side in fine pixels, "
                                 "blended across tiles (default from the method)."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", case_sensitive=False,
