@@ -635,7 +635,9 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     from geosr.device import resolve_device
 
-    device = resolve_device(cfg.device)
+    # With a cluster, the device is resolved on each worker (a login node may have no
+    # GPU); the local model copy then only serves its metadata.
+    device = resolve_device("cpu" if cfg.scheduler else cfg.device)
     workers = cfg.workers if cfg.workers is not None else min(MAX_DEFAULT_WORKERS, _cpu_count())
     if workers < 1:
         raise InputError(f"--workers {workers}: expected 1 or more")
@@ -657,7 +659,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
                            overlap_px=overlap_px)
         plans.append(_Plan(info, out, fine, coarse, tiles))
-    tile_batch = cfg.tile_batch or (8 if device.type == "cuda" else 1)
+    gpu = device.type == "cuda" or str(cfg.device).startswith("cuda")
+    tile_batch = cfg.tile_batch or (8 if gpu else 1)
 
     tags = {
         "GEOSR_VERSION": __version__, "GEOSR_METHOD": method.value,
@@ -683,7 +686,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                     aux=tuple((s.path, None if is_aligned(i, p.fine)
                                else resampling_for(i, p.fine, categorical=s.categorical))
                               for s, i in zip(aux, aux_infos, strict=True)),
-                    model_path=str(model_path) if model_path else None, device=str(device),
+                    model_path=str(model_path) if model_path else None,
+                    device=str(cfg.device) if cfg.scheduler else str(device),
                     model_conserve=cfg.conserve, batch=max(1, tile_batch),
                 )
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,

@@ -56,8 +56,8 @@ def scene(tmp_path):
 
 
 def _run(scene, out, **kw):
-    cfg = DownscaleConfig(coarse=(str(scene["coarse"]),),
-                          aux=parse_layers([str(scene["aux"])]), out=out, **kw)
+    kw.setdefault("aux", parse_layers([str(scene["aux"])]))
+    cfg = DownscaleConfig(coarse=(str(scene["coarse"]),), out=out, **kw)
     result = downscale(cfg)
     with rasterio.open(result.outputs[0].path) as src:
         return src.read(), result
@@ -403,15 +403,21 @@ def test_net_path_batches_bands_and_tiles(scene, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_dask_scheduler_gives_the_same_result_as_threads(scene, tmp_path):
+def test_dask_scheduler_gives_the_same_result_as_threads(scene, tmp_path, tiny_bundle):
     from dask.distributed import LocalCluster
 
     local, _ = _run(scene, tmp_path / "l.tif", tile_px=256)
+    local_net, _ = _run(scene, tmp_path / "ln.tif", tile_px=256, model=str(tiny_bundle),
+                        aux=parse_layers([f"dem={scene['aux']}"]))
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
                       dashboard_address=None) as cluster:
         remote, _ = _run(scene, tmp_path / "r.tif", tile_px=256,
                          scheduler=cluster.scheduler_address)
+        remote_net, _ = _run(scene, tmp_path / "rn.tif", tile_px=256, model=str(tiny_bundle),
+                             aux=parse_layers([f"dem={scene['aux']}"]),
+                             scheduler=cluster.scheduler_address)
     np.testing.assert_array_equal(local, remote)
+    np.testing.assert_allclose(local_net, remote_net, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- internals
