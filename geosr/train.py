@@ -186,6 +186,7 @@ class TrainEvent:
         loss: running mean training loss of the epoch (standardised units).
         record: the epoch's log row (``epoch`` events).
         message: a human line (``start`` events).
+        units: units of the validation metrics (``start`` events).
     """
 
     kind: str
@@ -196,6 +197,7 @@ class TrainEvent:
     loss: float | None = None
     record: dict | None = None
     message: str = ""
+    units: str = ""
 
 
 Progress = Callable[[TrainEvent], None]
@@ -752,7 +754,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     notify(TrainEvent("start", start_epoch, cfg.epochs, 0, steps, message=(
         f"training on {device} | {split.describe(manifest)} | {len(plan.starts)} patch "
         f"positions of {cfg.patch}x{cfg.patch} coarse cells, {steps} steps/epoch of "
-        f"{cfg.batch_size} | aux: {', '.join(channel_layout(specs)) or 'none'}")))
+        f"{cfg.batch_size} | aux: {', '.join(channel_layout(specs)) or 'none'}"),
+        units=manifest.units))
 
     t_loop = time.perf_counter()
     deadline = t_loop + cfg.max_minutes * 60 if cfg.max_minutes else None

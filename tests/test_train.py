@@ -108,6 +108,17 @@ def test_trained_model_conserves_coarse_means(tiny_dataset, tmp_path):
     assert np.isnan(out[~np.repeat(np.repeat(ok, 4, 0), 4, 1)]).all()
 
 
+def test_windowed_reads_match_the_in_memory_cache(tiny_dataset, tmp_path):
+    """Datasets too big for the cache are read patch by patch; the result is the same."""
+    cached = train(TrainConfig(dataset=tiny_dataset, out=tmp_path / "a.geosr", epochs=1, **FAST))
+    windowed = train(TrainConfig(dataset=tiny_dataset, out=tmp_path / "b.geosr", epochs=1,
+                                 cache_mb=0, **FAST))
+    m = read_manifest(tiny_dataset)
+    with DatasetReader(m, ("dem",), (1, 2), cache_mb=0) as rd:
+        assert not rd.cached
+    assert cached.bundle.sha256 == windowed.bundle.sha256
+
+
 def test_no_conserve_is_recorded(tiny_dataset, tmp_path):
     res = train(TrainConfig(dataset=tiny_dataset, out=tmp_path / "m.geosr", epochs=1,
                             conserve=False, **FAST))
@@ -195,6 +206,12 @@ def test_aux_subset_is_recorded_and_enforced(tmp_path):
         p.predict(coarse, np.ones((1, 2, 12, 12), np.float32))
     every = train(TrainConfig(dataset=ds, out=tmp_path / "all.geosr", epochs=1, **FAST))
     assert every.bundle.aux_names == ("dem", "lc") and every.bundle.config.n_aux == 4
+    none = run_cli("train", ds, "-o", tmp_path / "none.geosr", "--no-aux", "--epochs", "1",
+                   *FAST_CLI)
+    assert none.exit_code == 0, none.output
+    b = load_bundle(tmp_path / "none.geosr")
+    assert b.aux_names == () and b.config.n_aux == 0
+    assert Predictor(b).predict(coarse, None).shape == (1, 12, 12)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -263,6 +280,7 @@ def test_lr_schedule_warms_up_then_decays():
     (["--max-minutes", "-1"], "--max-minutes -1"),
     (["--val-fraction", "2"], "--val-fraction 2"),
     (["--arch", "fine_width=7"], "fine_width"),
+    (["--no-aux", "--aux", "dem"], "--no-aux"),
 ])
 def test_cli_bad_options_exit_2_one_line(tiny_dataset, tmp_path, args, needle):
     out = tmp_path / "m.geosr"
@@ -410,3 +428,28 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[0] / min(losses[-10:]) >= 10, (losses[0], min(losses[-10:]))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
+    """The same command under torchrun: DDP over gloo, rank 0 writes the outputs."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.geosr"
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "geosr",
+           "train", str(tiny_dataset), "-o", str(out), "--epochs", "2", *FAST_CLI]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("wrote ") == 1  # only rank 0 reports and writes
+    b = load_bundle(out)
+    assert b.training["world_size"] == 2 and b.training["epochs"] == 2
+    assert b.training["steps_per_epoch"] == 2  # 4 steps shared by 2 processes

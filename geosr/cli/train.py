@@ -51,19 +51,21 @@ def dist_from_env(env: Mapping[str, str]) -> DistConfig:
                       master_port=geti("MASTER_PORT", 29500))
 
 
-def _fmt(v, spec: str = ".4g") -> str:
-    return "-" if v is None else format(v, spec)
+def _fmt(v, spec: str = ".4g", units: str = "") -> str:
+    if v is None:
+        return "-"
+    return f"{format(v, spec)} {units}" if units else format(v, spec)
 
 
 @contextlib.contextmanager
-def _renderer(ctx: typer.Context, *, enabled: bool, units: str = "") -> Iterator:
+def _renderer(ctx: typer.Context, *, enabled: bool) -> Iterator:
     """A TrainEvent callback: a rich bar for the epoch's steps plus one line per epoch."""
     quiet = settings(ctx).quiet
     show_bar = enabled and not quiet and sys.stderr.isatty()
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=stderr,
                    transient=True) if show_bar else None
-    state: dict = {"task": None, "best": None}
+    state: dict = {"task": None, "best": None, "units": ""}
 
     def line(text: str) -> None:
         if not enabled or quiet:
@@ -75,6 +77,7 @@ def _renderer(ctx: typer.Context, *, enabled: bool, units: str = "") -> Iterator
 
     def update(ev: TrainEvent) -> None:
         if ev.kind == "start":
+            state["units"] = ev.units
             line(ev.message)
             return
         if ev.kind == "step" and bar is not None:
@@ -91,7 +94,8 @@ def _renderer(ctx: typer.Context, *, enabled: bool, units: str = "") -> Iterator
             mark = " *" if r.get("best") else ""
             part = " (partial)" if r.get("partial") else ""
             line(f"epoch {r['epoch']}/{ev.epochs}{part}: loss {_fmt(r.get('train_loss'))}  "
-                 f"val RMSE {_fmt(r.get('val_rmse'))} {units}  MAE {_fmt(r.get('val_mae'))}  "
+                 f"val RMSE {_fmt(r.get('val_rmse'), units=state['units'])}  "
+                 f"MAE {_fmt(r.get('val_mae'))}  "
                  f"r {_fmt(r.get('val_r'), '.3f')}  {r.get('seconds', 0):.1f} s/epoch{mark}")
 
     if bar is None:
@@ -111,6 +115,8 @@ def train_cmd(
     aux: list[str] = typer.Option(None, "--aux", "-a", metavar="NAME...",
                                   help="Aux layers to use, by name (default: all of the "
                                        "dataset's); several after one flag."),
+    no_aux: bool = typer.Option(False, "--no-aux", help="Use no aux layer (the coarse field "
+                                "alone; the baseline of an aux ablation)."),
     epochs: int = typer.Option(30, "--epochs", help="Number of epochs."),
     max_minutes: float = typer.Option(None, "--max-minutes",
                                       help="Stop cleanly after this many minutes, keeping the "
@@ -155,8 +161,11 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train the downscaling network on a prepared dataset and write a model bundle."""
+    if no_aux and aux:
+        raise InputError(f"--no-aux cannot be combined with --aux {' '.join(aux)}; expected one")
     cfg = TrainConfig(
-        dataset=dataset, out=out, aux=tuple(aux) if aux else None, epochs=epochs,
+        dataset=dataset, out=out, aux=() if no_aux else (tuple(aux) if aux else None),
+        epochs=epochs,
         max_minutes=max_minutes, batch_size=batch_size, patch=patch,
         val_samples=tuple(val_samples or ()), val_fraction=val_fraction, val_block=val_block,
         loss=loss, gan=gan, gan_recon_weight=gan_weight, conserve=conserve, seed=seed,
@@ -176,6 +185,7 @@ def train_cmd(
     units = d["units"]
     val = result.best or {}
     base = result.baseline_rmse
-    say(ctx, f"wrote {out} (best epoch {result.best_epoch}, val RMSE {_fmt(val.get('rmse'))} "
-             f"{units}; bilinear {_fmt(base)} {units}; {d['epochs']} epoch(s), "
+    say(ctx, f"wrote {out} (best epoch {result.best_epoch}, val RMSE "
+             f"{_fmt(val.get('rmse'), units=units)}, bilinear {_fmt(base, units=units)}; "
+             f"{d['epochs']} epoch(s), "
              f"{result.seconds:.0f} s, stopped by {result.stopped}); log {result.log_csv}")
