@@ -1,0 +1,89 @@
+"""Convolution building blocks: padded convolutions and the inception block.
+
+All spatial layers pad by replication: a tile border then looks like a continuation
+of the field rather than a drop to zero, which keeps edge artefacts small.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geosr.nn.norm import make_norm
+
+# Slope of the LeakyReLU used throughout the generator (research design).
+LEAKY_SLOPE = 0.01
+
+
+def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
+    """A stride-1, size-preserving convolution with replicate padding (odd ``kernel``)."""
+    return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2,
+                     padding_mode="replicate" if kernel > 1 else "zeros")
+
+
+def act() -> nn.LeakyReLU:
+    """The generator's activation, LeakyReLU(0.01)."""
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+
+
+class MaxPool3(nn.Module):
+    """3x3 max-pool, stride 1, replicate padding: ``(N, C, H, W) -> (N, C, H, W)``.
+
+    Computed as maxima of shifted views, separably: on CPU this is ~4x faster than
+    ``F.max_pool2d`` at stride 1, and the pool is a large share of fine-scale cost.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        h = torch.maximum(torch.maximum(xp[..., :-2], xp[..., 1:-1]), xp[..., 2:])
+        return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
+
+
+class Inception(nn.Module):
+    """Four parallel paths of ``out_ch / 4`` channels each, concatenated.
+
+    Paths: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max-pool -> 1x1, each followed by
+    LeakyReLU(0.01). The concatenation is normalised (``norm``). When
+    ``in_ch == out_ch`` the input is added back (a residual skip, a geosr addition that
+    lets stacks of blocks start near the identity and train faster).
+
+    Shapes: ``(N, in_ch, H, W) -> (N, out_ch, H, W)``; any ``H, W >= 1``.
+    Receptive-field radius: 2 pixels (the 5x5 path).
+    """
+
+    RADIUS = 2
+
+    def __init__(self, in_ch: int, out_ch: int, *, norm: str = "none") -> None:
+        """Build the block.
+
+        Args:
+            in_ch: input channels (>= 1).
+            out_ch: output channels, a positive multiple of 4.
+            norm: ``"batch"``, ``"group"`` or ``"none"`` (see :mod:`geosr.nn.norm`).
+
+        Raises:
+            ValueError: on a non-positive ``in_ch`` or an ``out_ch`` not a multiple of 4.
+        """
+        super().__init__()
+        if not isinstance(in_ch, int) or in_ch < 1:
+            raise ValueError(f"in_ch: expected a positive integer, got {in_ch!r}")
+        if not isinstance(out_ch, int) or out_ch < 4 or out_ch % 4:
+            raise ValueError(f"out_ch: expected a positive multiple of 4, got {out_ch!r}")
+        q = out_ch // 4
+        self.p1 = nn.Sequential(conv(in_ch, q, 1), act())
+        self.p3 = nn.Sequential(conv(in_ch, q, 1), act(), conv(q, q, 3), act())
+        self.p5 = nn.Sequential(conv(in_ch, q, 1), act(), conv(q, q, 5), act())
+        self.pp = nn.Sequential(MaxPool3(), conv(in_ch, q, 1), act())
+        self.norm = make_norm(norm, out_ch)
+        self.residual = in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(torch.cat([self.p1(x), self.p3(x), self.p5(x), self.pp(x)], dim=1))
+        return x + y if self.residual else y
+
+
+def inception_stack(in_ch: int, out_ch: int, n: int, *, norm: str) -> nn.Sequential:
+    """``n`` inception blocks, the first mapping ``in_ch -> out_ch``, the rest ``out_ch``."""
+    return nn.Sequential(*(Inception(in_ch if i == 0 else out_ch, out_ch, norm=norm)
+                           for i in range(n)))
