@@ -40,8 +40,8 @@ from rasterio.windows import Window
 
 from geosr import __version__
 from geosr.align import check_coverage, is_aligned, plan_grids, resampling_for
-from geosr.errors import BundleError, InputError, ProcessingError
-from geosr.grid import Grid
+from geosr.errors import BundleError, GridError, InputError, ProcessingError
+from geosr.grid import Grid, footprint
 from geosr.io import (
     TMP_TAG,
     AlignedReader,
@@ -628,9 +628,11 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     grids = []
     for info in infos:
         fine, coarse = plan_grids(info, res_m=res_m, factor=factor, crs=cfg.crs)
-        check_coverage(info, coarse, option="COARSE")
+        # Coverage relative to the input's footprint, not to the grid snapped around it.
+        area = footprint(info.crs, info.bounds, fine.crs)
+        check_coverage(info, coarse, option="COARSE", area=area)
         for spec, ainfo in zip(aux, aux_infos, strict=True):
-            check_coverage(ainfo, fine, option=f"--aux {spec.name}")
+            check_coverage(ainfo, fine, option=f"--aux {spec.name}", area=area)
         grids.append((fine, coarse))
 
     from geosr.device import resolve_device
@@ -646,7 +648,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         from geosr.bundle import Predictor
 
         predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
-    tile_px = cfg.tile_px or DEFAULT_TILE_PX[method]
+    tile_px = DEFAULT_TILE_PX[method] if cfg.tile_px is None else cfg.tile_px
     plans = []
     for info, out, (fine, coarse) in zip(infos, outs, grids, strict=True):
         f = fine.width // coarse.width
@@ -748,11 +750,11 @@ def _resolve_method(cfg: DownscaleConfig) -> Method:
 
 def _resolve_scale(cfg: DownscaleConfig, bundle) -> tuple[int | None, float]:
     if bundle is None:
-        return cfg.factor, float(cfg.res_m or DEFAULT_RES_M)
+        return cfg.factor, float(DEFAULT_RES_M if cfg.res_m is None else cfg.res_m)
     if cfg.factor is not None and int(cfg.factor) != int(bundle.factor):
         raise BundleError(f"--factor {cfg.factor} does not match model {cfg.model}, trained for "
                           f"factor {bundle.factor}; omit --factor or use a model for that factor")
-    res_m = float(cfg.res_m or bundle.res_m)
+    res_m = float(bundle.res_m if cfg.res_m is None else cfg.res_m)
     if not math.isclose(res_m, float(bundle.res_m), rel_tol=1e-6):
         log.warning("--res %g m differs from the %g m model %s was trained at", res_m,
                     bundle.res_m, cfg.model)
@@ -866,6 +868,9 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     name = Path(p.out).name
     coarse = crd.read(None, [b + 1 for b in group])
     if not np.isfinite(coarse).any():
+        if len(group) == info.count:  # the whole input: nothing to downscale
+            raise GridError(f"COARSE {info.path}: no valid pixels inside the grid (all nodata); "
+                            "expected data over the area")
         log.warning("%s bands %d-%d: no valid coarse cells in the grid; the output is nodata "
                     "there", info.path, group[0] + 1, group[-1] + 1)
     if job.method is Method.sharpen:

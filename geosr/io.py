@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -93,6 +94,14 @@ class RasterInfo:
     units: tuple[str, ...] = field(default_factory=tuple)
     dates: tuple[str, ...] = field(default_factory=tuple)
     descriptions: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _reason(e: Exception) -> str:
+    """First line of a GDAL error, or of its cause when rasterio only says "see previous"."""
+    text = str(e).strip()
+    if e.__cause__ is not None and (not text or "previous exception" in text):
+        text = str(e.__cause__).strip() or text
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _is_gdal_name(path: str) -> bool:
@@ -223,7 +232,7 @@ class AlignedReader:
         try:
             arr = self._vrt.read(bands, window=inner, masked=True)
         except RasterioIOError as e:
-            raise RasterReadError(f"{self.path}: read failed ({str(e).splitlines()[0]}); the file "
+            raise RasterReadError(f"{self.path}: read failed ({_reason(e)}); the file "
                                   "may be truncated or corrupt") from e
         except RasterioError as e:
             raise RasterReadError(f"{self.path}: read failed ({e})") from e
@@ -314,6 +323,13 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
         if final.exists() and not overwrite:
             raise OutputExistsError(f"{final}: appeared while working; pass --overwrite to replace it")
         os.replace(tmp, final)
+    except ProcessingError as e:
+        # Name the user's file, not the temporary one (or its siblings) that is gone now.
+        names_tmp = re.compile(re.escape(str(tmp.with_suffix(""))) + r"[^\s:;,()]*")
+        if not names_tmp.search(str(e)):
+            raise
+        raise ProcessingError(f"{names_tmp.sub(str(final), str(e))}; nothing was left under "
+                              "that name") from e
     except OSError as e:
         if isinstance(e, GeosrError):
             raise
@@ -453,7 +469,7 @@ class OnGridReader:
         try:
             arr = src.read(bands, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0), masked=True)
         except RasterioError as e:
-            raise RasterReadError(f"{self.path}: read failed ({str(e).splitlines()[0]}); the "
+            raise RasterReadError(f"{self.path}: read failed ({_reason(e)}); the "
                                   "file may be truncated or corrupt") from e
         part = arr.astype(np.float32).filled(np.nan)
         part[~np.isfinite(part)] = np.nan
@@ -488,7 +504,7 @@ def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,
     try:
         arr = src.read(bands, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0), masked=True)
     except RasterioError as e:
-        raise RasterReadError(f"{src.name}: read failed ({str(e).splitlines()[0]}); the file "
+        raise RasterReadError(f"{src.name}: read failed ({_reason(e)}); the file "
                               "may be truncated or corrupt") from e
     part = arr.astype(np.float32).filled(np.nan)
     part[~np.isfinite(part)] = np.nan

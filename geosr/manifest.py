@@ -155,6 +155,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     """Read and check a prepared dataset; every problem is a one-line :class:`InputError`."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
+    if not folder.exists():
+        raise InputError(f"{folder}: not found; expected a dataset folder made by `geosr prepare`")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder; expected a dataset made by `geosr prepare`")
     if not path.exists():

@@ -65,6 +65,21 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _found(e: Exception) -> str:
+    """``; found 'x'`` for an option value typer refused without quoting it (its pydantic
+    messages say what was expected, not what was given); '' otherwise."""
+    errors = getattr(e.__cause__, "errors", None)
+    if not callable(errors):
+        return ""
+    try:
+        given = [err["input"] for err in errors() if isinstance(err.get("input"), str)]
+    except Exception:  # noqa: BLE001 - a hint only
+        return ""
+    if not given or repr(given[0]) in e.format_message():
+        return ""
+    return f"; found {given[0]!r}"
+
+
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--debug")
 
 
@@ -96,7 +111,8 @@ class GeosrGroup(TyperGroup):
                     sys.exit(code)
                 return code
             hint = f" (see '{where} --help')" if isinstance(e, _cx.UsageError) else ""
-            print(f"{where}: error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
+            print(f"{where}: error: {_one_line(e.format_message() + _found(e))}{hint}",
+                  file=sys.stderr)
             code = e.exit_code
         except (KeyboardInterrupt, typer.Abort):
             print(f"{where}: interrupted; no partial output was kept", file=sys.stderr)
