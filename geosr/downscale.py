@@ -49,6 +49,7 @@ from geosr.io import (
     RasterInfo,
     atomic_path,
     check_output_file,
+    check_written,
     gdal_env,
     open_stream_writer,
     raster_info,
@@ -843,6 +844,7 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                                              progress=progress)
             finally:
                 dst.close()
+            check_written(tmp_tif)  # GDAL may close a file it failed to write
             t2 = time.perf_counter()
             if progress:
                 progress(f"{name} (COG)", 0, 1)

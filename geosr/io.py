@@ -26,13 +26,21 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geosr.errors import GeosrError, GridError, InputError, OutputExistsError, ProcessingError, RasterReadError
+from geosr.errors import (
+    GeosrError,
+    GridError,
+    InputError,
+    OutputExistsError,
+    ProcessingError,
+    RasterReadError,
+)
 from geosr.grid import Bounds, Grid, crs_string
 
 log = logging.getLogger(__name__)
@@ -391,8 +399,41 @@ def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, *
     opts = {**COG_OPTIONS, **{k.upper(): str(v) for k, v in options.items()}}
     try:
         rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
-    except RasterioError as e:
-        raise ProcessingError(f"{dst_path}: COG writing failed ({e})") from e
+    except (RasterioError, CPLE_BaseError) as e:
+        raise ProcessingError(f"{dst_path}: COG writing failed ({_reason(e)}); check free "
+                              "disk space and file-size limits") from e
+    check_written(dst_path)
+
+
+def check_written(path: str | os.PathLike) -> None:
+    """Raise :class:`ProcessingError` unless the GeoTIFF at ``path`` is complete.
+
+    Why: with multi-threaded compression (``NUM_THREADS``) GDAL reports a failed write
+    (full disk, file-size limit) only in its log and closes the file as if all were
+    well, leaving a truncated file. A complete file opens and holds every block of
+    band 1 and the last block of every band (the end of the data) inside the file.
+    """
+    path = Path(path)
+    hint = "check free disk space and file-size limits"
+    try:
+        size = path.stat().st_size
+        with rasterio.open(path) as src:
+            (bh, bw), (h, w) = src.block_shapes[0], src.shape
+            ny, nx = -(-h // bh), -(-w // bw)
+            if src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) is None:
+                return  # not a GeoTIFF: nothing to check
+            blocks = [(1, x, y) for y in range(ny) for x in range(nx)]
+            blocks += [(b, nx - 1, ny - 1) for b in range(2, src.count + 1)]
+            for b, x, y in blocks:
+                off = int(src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b) or 0)
+                n = int(src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b) or 0)
+                if off <= 0 or off + n > size:
+                    raise ProcessingError(f"{path}: incomplete after writing (band {b} block "
+                                          f"{x},{y} is missing or past the end of the {size}-"
+                                          f"byte file); {hint}")
+    except (RasterioError, CPLE_BaseError, OSError) as e:
+        raise ProcessingError(f"{path}: cannot be read back after writing ({_reason(e)}); "
+                              f"{hint}") from e
 
 
 def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block: int = 512,

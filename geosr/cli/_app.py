@@ -91,8 +91,18 @@ def _hoist_global_flags(args: list[str]) -> list[str]:
     return flags + rest + args[end:]
 
 
+class _Interrupted(Exception):
+    """Ctrl-C carried past typer, which would turn it into a silent exit 130."""
+
+
 class GeosrGroup(TyperGroup):
     """Runs a command and turns every failure into one line and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Interrupted() from e
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = _hoist_global_flags(list(sys.argv[1:] if args is None else args))
@@ -114,7 +124,7 @@ class GeosrGroup(TyperGroup):
             print(f"{where}: error: {_one_line(e.format_message() + _found(e))}{hint}",
                   file=sys.stderr)
             code = e.exit_code
-        except (KeyboardInterrupt, typer.Abort):
+        except (KeyboardInterrupt, _Interrupted, typer.Abort):
             print(f"{where}: interrupted; no partial output was kept", file=sys.stderr)
             code = 130
         except GeosrError as e:
