@@ -500,3 +500,38 @@ def test_discriminator_widths_and_validation():
         Discriminator(in_channels=0)
     with pytest.raises(ValueError, match="norm"):
         Discriminator(norm="layer")
+
+
+# -- aux gain (learned local regression) ----------------------------------------------
+
+
+def test_aux_gain_starts_at_zero_and_learns_a_lapse_rate():
+    """With a fine anomaly the interpolation cannot see, only the gain path can fit it."""
+    torch.manual_seed(0)
+    f = 4
+    cfg = NetConfig(factor=f, n_aux=1, conserve=False, **TINY)
+    net = Generator(cfg)
+    assert net.gain is not None and not net.gain.weight.any()
+    g = torch.Generator().manual_seed(1)
+    aux = torch.randn(8, 1, 6 * f, 6 * f, generator=g)
+    smooth = F.interpolate(F.avg_pool2d(aux, f), scale_factor=f, mode="bilinear",
+                           align_corners=False)
+    target = -0.65 * (aux - smooth)  # a uniform "lapse rate" on the fine anomaly
+    coarse = torch.zeros(8, 1, 6, 6)
+    opt = torch.optim.Adam(net.gain.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.mse_loss(net(coarse, aux), target)
+        first = first if first is not None else loss.item()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10
+
+
+def test_config_saved_before_aux_gain_loads_without_it():
+    d = NetConfig(factor=4, n_aux=1).to_dict()
+    del d["aux_gain"]
+    assert NetConfig.from_dict(d).aux_gain is False
+    assert Generator(NetConfig.from_dict(d)).gain is None
+    assert NetConfig(factor=4, n_aux=1).aux_gain is True

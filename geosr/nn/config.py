@@ -48,6 +48,14 @@ class NetConfig:
             size (see :class:`~geosr.nn.attention.ChannelAttention`). Odd if > 0.
         conserve: make every output block of ``factor x factor`` pixels average exactly
             to the primary coarse value (:func:`~geosr.nn.conservation.conserve`).
+        aux_gain: a learned local regression on the aux: the coarse features give, per
+            coarse cell and aux channel, a gain ``beta`` (bilinearly interpolated to the
+            fine grid) that multiplies the aux's fine anomaly (the aux minus the bilinear
+            interpolation of its coarse-cell means), and the product is added to the
+            output. This is regression sharpening with coefficients that vary in space and
+            are predicted from context (e.g. a lapse rate that changes across a valley
+            inversion); it makes elevation-driven detail easy to learn and to generalise.
+            Bundles written before this option existed load with it off.
         norm: ``"none"`` (default), ``"batch"`` or ``"group"``. ``"none"`` keeps the
             network a local operator so tiled prediction is seamless; BatchNorm in train
             mode depends on batch statistics and is fragile with small batches;
@@ -68,6 +76,7 @@ class NetConfig:
     cam_window: int = 7
     conserve: bool = True
     norm: str = "none"
+    aux_gain: bool = True
 
     def __post_init__(self) -> None:
         _check_int("factor", self.factor, MIN_FACTOR, MAX_FACTOR)
@@ -77,7 +86,7 @@ class NetConfig:
             _check_int(name, getattr(self, name), 4, MAX_WIDTH, multiple=4)
         _check_int("n_blocks", self.n_blocks, 1, MAX_BLOCKS)
         _check_int("fine_blocks", self.fine_blocks, 1, MAX_BLOCKS)
-        for name in ("use_cam", "use_sam", "conserve"):
+        for name in ("use_cam", "use_sam", "conserve", "aux_gain"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("cam_window", self.cam_window, 0, 63)
@@ -100,6 +109,8 @@ class NetConfig:
                              f"expected some of {', '.join(sorted(known))}")
         if "factor" not in d:
             raise ValueError("NetConfig: missing field factor")
+        d = dict(d)
+        d.setdefault("aux_gain", False)  # configs saved before the option had no gain path
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

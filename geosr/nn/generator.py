@@ -14,7 +14,11 @@ Layout (``f`` = factor, ``h x w`` coarse cells, ``H x W = hf x wf`` fine pixels)
    head 3x3 conv -> norm -> 3x3 conv to one channel.
 6. Residual: the head's output is added to the bilinear upsampling of coarse channel 0.
    Why: the network then only learns the sub-grid detail, starts close to the
-   interpolation baseline, and trains fast and stably.
+   interpolation baseline, and trains fast and stably. With ``cfg.aux_gain``, a 1x1
+   conv on the coarse features also predicts a gain per coarse cell and aux channel;
+   the gains, bilinearly interpolated, multiply each aux's fine anomaly (aux minus the
+   bilinear interpolation of its coarse-cell means) and the products are added too: a
+   regression sharpening whose coefficients vary in space (zero at initialisation).
 7. Optional hard conservation (``cfg.conserve``): every ``f x f`` block averages to
    coarse channel 0 (:func:`~geosr.nn.conservation.conserve`).
 
@@ -81,6 +85,7 @@ class Generator(nn.Module):
         self.branches = nn.ModuleList(inception_stack(1, bw, nb, norm=norm)
                                       for _ in range(cfg.n_aux))
         ch = cw + cfg.n_aux * bw
+        self.merged_channels = ch
         self.merge = nn.Sequential(self._cam(ch), self._sam())
 
         self.ups = nn.ModuleList()
@@ -103,6 +108,12 @@ class Generator(nn.Module):
         with torch.no_grad():
             self.head[-1].weight.mul_(HEAD_INIT_SCALE)
             self.head[-1].bias.zero_()
+        self.gain = None
+        if cfg.aux_gain and na:
+            self.gain = conv(self.merged_channels, na, 1)
+            with torch.no_grad():
+                self.gain.weight.zero_()
+                self.gain.bias.zero_()
         self.conservation = Conservation(cfg.factor) if cfg.conserve else None
         log.debug("Generator: factor %d in stages %s, %d parameters, halo %s px",
                   cfg.factor, self.stages, count_parameters(self), self.halo_px)
@@ -249,6 +260,7 @@ class Generator(nn.Module):
                 or features.shape[2:] != coarse.shape[2:]:
             raise ValueError(f"features: expected shape (N, C, h, w) matching coarse "
                              f"{_shape(coarse)}, got {_shape(features)}")
+        gain = self.gain(_channels_last(features)) if self.gain is not None else None
         t = _channels_last(features)
         for up, mid in zip(self.ups, self.mids, strict=True):
             t = mid(up(t))
@@ -259,6 +271,12 @@ class Generator(nn.Module):
         base = F.interpolate(coarse[:, :1], size=res.shape[-2:], mode="bilinear",
                              align_corners=False)
         out = base + res
+        if gain is not None:
+            size = res.shape[-2:]
+            smooth = F.interpolate(F.avg_pool2d(aux, self.cfg.factor), size=size,
+                                   mode="bilinear", align_corners=False)
+            beta = F.interpolate(gain, size=size, mode="bilinear", align_corners=False)
+            out = out + (beta * (aux - smooth)).sum(dim=1, keepdim=True)
         if self.conservation is not None:
             out = self.conservation(out, coarse[:, :1], fine_mask)
         return out

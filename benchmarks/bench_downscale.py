@@ -1,0 +1,202 @@
+"""Speed, memory and tiling overhead of ``geosr downscale``.
+
+Writes synthetic inputs to a temporary folder: a terrain DEM on the 500 m grid (a
+2048^2 fractal (spectral synthesis) stretched over the area plus three octaves of value
+noise for fine relief, written window by window) and a 10 km coarse temperature field
+(lapse rate x block-mean elevation + a smooth regional gradient), factor 20. For each
+output size (2k^2, 8k^2 and 16k^2 px) and method, ``geosr downscale ... --json`` runs in a
+fresh process, so the peak RSS it reports (``getrusage``) belongs to that size alone.
+
+Methods: ``sharpen`` (the default without a model) and ``net`` (an untrained
+default-config Generator saved as a bundle, when geosr.bundle/geosr.nn are available).
+The tiling overhead is the time with the default tiles over the time with one tile
+covering the whole area (``--tile`` >= the area), on an area small enough for one shot.
+
+    python benchmarks/bench_downscale.py [--sizes 2000 8000 16000] [--repeat 3]
+        [--methods sharpen net] [--data DIR] [--workers N]
+
+Targets: peak RSS <= 1.5 GB and growing <= 1.2x from 2k^2 to 16k^2; >= 1 Mpx/s with the
+default network on a 2-core CPU; tiling overhead <= 1.25x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from scipy import ndimage
+
+RES = 500.0
+FACTOR = 20
+LEFT, TOP = 300_000.0, 5_400_000.0
+CRS = "EPSG:32632"
+BLOCK = 2000  # generator window, a multiple of FACTOR
+
+
+def _value_noise(rows: np.ndarray, cols: np.ndarray, cell: float, seed: int) -> np.ndarray:
+    """Smooth lattice noise in [-1, 1] at fine pixel coordinates (window-independent)."""
+    y = rows[:, None] / cell
+    x = cols[None, :] / cell
+    iy, ix = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    fy, fx = y - iy, x - ix
+    fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+
+    def h(a, b):
+        v = (a * 73856093) ^ (b * 19349663) ^ (seed * 83492791)
+        v = (v ^ (v >> 13)) * 1274126177
+        return ((v ^ (v >> 16)) & 0xFFFF) / 32767.5 - 1.0
+
+    v00, v01 = h(iy, ix), h(iy, ix + 1)
+    v10, v11 = h(iy + 1, ix), h(iy + 1, ix + 1)
+    return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
+
+
+def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
+    """DEM (n x n at 500 m) and coarse field ((n/20)^2 at 10 km); reused when present."""
+    from geosr.sample_data import fractal_dem
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dem_path, coarse_path = folder / f"dem_{n}.tif", folder / f"t2m_{n}.tif"
+    if dem_path.exists() and coarse_path.exists():
+        return dem_path, coarse_path
+    base = fractal_dem((2048, 2048), res_m=RES * max(n, 2048) / 2048, seed=7)
+    nc = n // FACTOR
+    coarse = np.empty((nc, nc), np.float32)
+    prof = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "float32",
+            "crs": CRS, "transform": Affine(RES, 0, LEFT, 0, -RES, TOP), "tiled": True,
+            "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 3,
+            "nodata": float("nan"), "BIGTIFF": "IF_SAFER"}
+    with rasterio.open(dem_path, "w", **prof) as dst:
+        for r0 in range(0, n, BLOCK):
+            rows = np.arange(r0, min(r0 + BLOCK, n), dtype=np.float64)
+            for c0 in range(0, n, BLOCK):
+                cols = np.arange(c0, min(c0 + BLOCK, n), dtype=np.float64)
+                yy = (rows + 0.5) * 2048 / n - 0.5
+                xx = (cols + 0.5) * 2048 / n - 0.5
+                gy, gx = np.meshgrid(yy, xx, indexing="ij")
+                dem = ndimage.map_coordinates(base, [gy, gx], order=1, mode="nearest")
+                for k, cell in enumerate((40.0, 12.0, 4.0)):
+                    dem += (120.0 / (k + 1)) * _value_noise(rows, cols, cell, seed=k)
+                dem = np.clip(dem, 0, None).astype(np.float32)
+                dst.write(dem[None], window=rasterio.windows.Window(c0, r0, len(cols), len(rows)))
+                blocks = dem.reshape(len(rows) // FACTOR, FACTOR, len(cols) // FACTOR, FACTOR)
+                coarse[r0 // FACTOR:(r0 + len(rows)) // FACTOR,
+                       c0 // FACTOR:(c0 + len(cols)) // FACTOR] = blocks.mean(axis=(1, 3))
+    yc, xc = np.mgrid[0:nc, 0:nc] / max(nc, 1)
+    t2m = 24.0 - 0.0065 * coarse + 2.0 * xc - 1.5 * yc
+    cprof = {**prof, "width": nc, "height": nc, "blockxsize": 256, "blockysize": 256,
+             "transform": Affine(RES * FACTOR, 0, LEFT, 0, -RES * FACTOR, TOP),
+             "tiled": nc >= 256}
+    if nc < 256:
+        cprof.pop("blockxsize")
+        cprof.pop("blockysize")
+    with rasterio.open(coarse_path, "w", **cprof) as dst:
+        dst.write(t2m.astype(np.float32)[None])
+        dst.set_band_unit(1, "degC")
+    return dem_path, coarse_path
+
+
+def make_bundle(folder: Path) -> Path | None:
+    """An untrained default-config Generator saved as a bundle (None when unavailable)."""
+    path = folder / f"untrained_f{FACTOR}.geosr"
+    if path.exists():
+        return path
+    try:
+        import torch
+
+        from geosr.bundle import AuxChannelSpec, save_bundle
+        from geosr.nn import Generator, NetConfig
+    except ImportError as e:
+        print(f"# network skipped: {e}", file=sys.stderr)
+        return None
+    torch.manual_seed(0)
+    cfg = NetConfig(factor=FACTOR, n_aux=1)
+    gen = Generator(cfg).eval()
+    norm = {"coarse": {"mean": 15.0, "std": 5.0}, "target": {"mean": 15.0, "std": 5.0}}
+    save_bundle(path, config=cfg, aux=(AuxChannelSpec("dem", mean=900.0, std=600.0),),
+                factor=FACTOR, res_m=RES, variable="t2m", units="degC", norm=norm,
+                state_dict=gen.state_dict())
+    return path
+
+
+def run_once(coarse: Path, dem: Path, out: Path, *, method: str, model: Path | None,
+             tile: int | None = None, workers: int | None = None) -> dict:
+    cmd = [sys.executable, "-m", "geosr", "downscale", str(coarse), "--aux", f"dem={dem}",
+           "-o", str(out), "--overwrite", "--json"]
+    if model is not None:
+        cmd += ["--model", str(model)]
+    else:
+        cmd += ["--method", method]
+    if tile:
+        cmd += ["--tile", str(tile)]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 16000])
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size (median); sizes "
+                    "above 8000 px run once unless --repeat-large")
+    ap.add_argument("--repeat-large", action="store_true")
+    ap.add_argument("--methods", nargs="+", default=["sharpen", "net"])
+    ap.add_argument("--data", type=Path, default=None, help="keep generated inputs here")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--overhead-size", type=int, default=2000,
+                    help="area (px) for the tiled / one-shot ratio (sharpen)")
+    ap.add_argument("--overhead-size-net", type=int, default=1000,
+                    help="area (px) for the tiled / one-shot ratio (net; one tile must fit)")
+    args = ap.parse_args(argv)
+
+    tmp = tempfile.TemporaryDirectory(prefix="geosr-bench-")
+    data = args.data or Path(tmp.name)
+    model = make_bundle(data) if "net" in args.methods else None
+    methods = [m for m in args.methods if m != "net" or model is not None]
+    rows = []
+    for method in methods:
+        mdl = model if method == "net" else None
+        for n in args.sizes:
+            dem, coarse = make_inputs(data, n)
+            reps = args.repeat if (n <= 8000 or args.repeat_large) else 1
+            runs = [run_once(coarse, dem, data / f"out_{method}_{n}.tif", method=method,
+                             model=mdl, workers=args.workers) for _ in range(reps)]
+            secs = statistics.median(r["seconds"] for r in runs)
+            rss = statistics.median(r["peak_rss_mb"] for r in runs)
+            rows.append((method, n, reps, secs, n * n / 1e6 / secs, rss))
+            print(f"{method:8s} {n:>6d}^2  runs {reps}  {secs:8.2f} s  "
+                  f"{n * n / 1e6 / secs:7.2f} Mpx/s  peak RSS {rss:7.0f} MB", flush=True)
+    for method in methods:
+        rss = {n: r[5] for r in rows if r[0] == method for n in [r[1]]}
+        if len(rss) >= 2:
+            lo, hi = min(rss), max(rss)
+            print(f"{method:8s} RSS growth {lo}^2 -> {hi}^2: {rss[hi] / rss[lo]:.2f}x")
+
+    for method in methods:
+        n = args.overhead_size_net if method == "net" else args.overhead_size
+        dem, coarse = make_inputs(data, n)
+        mdl = model if method == "net" else None
+        tiled = [run_once(coarse, dem, data / "ov_t.tif", method=method, model=mdl,
+                          workers=args.workers)["seconds"] for _ in range(args.repeat)]
+        whole = [run_once(coarse, dem, data / "ov_w.tif", method=method, model=mdl,
+                          tile=n + 1000, workers=args.workers)["seconds"]
+                 for _ in range(args.repeat)]
+        t, w = statistics.median(tiled), statistics.median(whole)
+        print(f"{method:8s} tiling overhead on {n}^2: tiled {t:.2f} s / one-shot {w:.2f} s "
+              f"= {t / w:.2f}x")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
