@@ -92,7 +92,7 @@ def check_coverage(info: RasterInfo, grid: Grid, *, option: str,
                         f"{tuple(round(v) for v in grid.bounds)} in {grid.crs}); expected "
                         "rasters over the same area")
     if frac < 0.99:
-        log.warning("%s %s covers %.0f%% of the area; cells outside it are nodata", option,
+        log.warning("%s %s covers %.0f%% of the area; outside it that layer is nodata", option,
                     info.path, 100 * frac)
     return frac
 

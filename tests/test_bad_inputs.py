@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import rasterio.shutil
 import torch
 from _helpers_train import TINY_ARCH_CLI, make_dataset, make_scene
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 
 import geosr.downscale as ds
 from geosr.cli import app
+from geosr.io import TMP_TAG
 
 runner = CliRunner()
 ORIGIN = (600_000.0, 5_150_000.0)
@@ -90,6 +92,14 @@ def files(tmp_path_factory) -> dict[str, str]:
     f["coarse_nan"] = write_raster(d / "coarse_nan.tif", np.full((2, 8, 8), np.nan),
                                    res=8000, origin=ORIGIN)
     f["ndvi"] = write_raster(d / "ndvi.tif", np.full((64, 64), 0.5), res=1000, origin=ORIGIN)
+    f["dem_half"] = write_raster(d / "dem_half.tif", dem[:, :32], res=1000, origin=ORIGIN)
+    inf = coarse.copy()
+    inf[:, 0, 0] = np.inf
+    f["coarse_inf"] = write_raster(d / "coarse_inf.tif", inf, res=8000, origin=ORIGIN)
+    ints = np.round(coarse * 10).astype(np.int16)
+    ints[:, 0, 0] = -9999
+    f["coarse_int"] = write_raster(d / "coarse_int.tif", ints, res=8000, origin=ORIGIN,
+                                   dtype="int16", nodata=-9999)
     f["model"] = _bundle(d / "model.geosr", aux=("dem",))
     f["model_v9"] = _rewrite_bundle(Path(f["model"]), d / "model_v9.geosr", format_version=9)
     f["model_other_aux"] = _bundle(d / "model_other_aux.geosr", aux=("slope", "ndvi"))
@@ -468,3 +478,47 @@ def test_debug_shows_the_traceback(case_id, files, tmp_path):
     # the one-line error still ends the output
     assert lines[-1].startswith(f"geosr {case.argv[0]}: error: ")
     assert after == before
+
+
+# --------------------------------------------------------------------------- usable, with a warning
+
+@dataclass(frozen=True)
+class Accepted:
+    """Imperfect input that is used: exit 0, at most one warning line, nodata where due."""
+
+    id: str
+    argv: list[str]
+    warning: tuple[str, ...]  # needles of the one warning line; () = no line at all
+    nodata_px: tuple[int, int] | None = None  # (row, col) of the output that must be NaN
+
+
+ACCEPTED = [
+    # outside the aux, sharpening falls back to interpolation (README): values, not nodata
+    Accepted("downscale-aux-partial", _down("--aux", "{dem_half}"),
+             ("warning", "--aux dem_half", "dem_half.tif", "covers 50%", "that layer is nodata")),
+    Accepted("downscale-inf-inside-valid-data", _down("--aux", "{dem}", src="{coarse_inf}"),
+             ("warning", "coarse_inf.tif", "infinite"), (3, 3)),
+    Accepted("downscale-integer-input-with-nodata", _down("--aux", "{dem}", src="{coarse_int}"),
+             (), (3, 3)),
+    Accepted("prepare-aux-partial", ["prepare", "--target", "{target}", "--aux", "{dem_half}",
+                                     "--factor", "8", "-o", "{out}"],
+             ("warning", "--aux dem_half", "covers 50%")),
+]
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=[c.id for c in ACCEPTED])
+def test_accepted_with_a_warning(case: Accepted, files, tmp_path):
+    out = tmp_path / "result"
+    argv = [_fill(a, files, out) for a in case.argv]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == (1 if case.warning else 0), lines
+    for needle in case.warning:
+        assert needle in lines[0], (needle, lines[0])
+    if case.nodata_px is not None:
+        with rasterio.open(f"{out}.tif") as src:
+            arr = src.read(1)
+        r, c = case.nodata_px
+        assert np.isnan(arr[r, c]) and np.isfinite(arr).sum() > arr.size // 4
+    assert not [p for p in tmp_path.rglob("*") if TMP_TAG in p.name]

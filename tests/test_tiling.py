@@ -102,3 +102,66 @@ def test_stitching_identical_predictions_reproduces_the_field(t, seed):
     assert last == plan.height
     np.testing.assert_allclose(out, field, rtol=1e-6, atol=1e-6)
     assert np.array_equal(np.isnan(out), np.isnan(field))
+
+
+# --- any factor from 2 to 64, tile and overlap given in fine pixels as a user would ---------
+
+@st.composite
+def user_plans(draw, max_cells: int = 40):
+    """A plan from raw ``--tile``/``--overlap`` pixel values (not multiples of the factor)."""
+    f = draw(st.integers(2, 64))
+    hc = draw(st.integers(1, max_cells))
+    wc = draw(st.integers(1, max_cells))
+    overlap_px = draw(st.integers(0, 6 * f))
+    tile_px = draw(st.integers(max(1, overlap_px), overlap_px + 16 * f))
+    return plan_tiles(hc * f, wc * f, factor=f, tile_px=tile_px, overlap_px=overlap_px)
+
+
+def _axis_checks(axis):
+    f, n = axis.factor, axis.n
+    edges = axis.edges
+    # cores partition [0, n) on coarse-cell borders: a coarse cell is never split
+    assert edges[0] == 0 and edges[-1] == n
+    assert all(e % f == 0 for e in edges)
+    assert all(b > a for a, b in zip(edges, edges[1:], strict=False))
+    assert axis.overlap_px % f == 0
+    total = np.zeros(n)
+    for i in range(axis.count):
+        core, read, blend = axis.core(i), axis.read(i), axis.blend(i)
+        assert read.start % f == 0 and read.stop % f == 0  # reads are whole coarse cells
+        assert 0 <= read.start <= blend.start <= core.start < core.stop
+        assert core.stop <= blend.stop <= read.stop <= n
+        w = axis.weights(i)
+        assert w.shape == (blend.size,) and w.min() > 0 and w.max() <= 1
+        total[blend.start:blend.stop] += w
+    # every fine pixel is covered, and the blend weights sum to 1 at every pixel
+    np.testing.assert_allclose(total, 1.0, atol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(user_plans(max_cells=60))
+def test_any_factor_axis_invariants(plan):
+    assert plan.tile_px % plan.factor == 0 and plan.overlap_px % plan.factor == 0
+    for axis in (plan.rows, plan.cols):
+        _axis_checks(axis)
+
+
+@settings(max_examples=50, deadline=None)
+@given(user_plans(max_cells=8))
+def test_any_factor_2d_weights_sum_to_one_and_cores_tile_the_grid(plan):
+    f = plan.factor
+    weight = np.zeros((plan.height, plan.width))
+    owner = np.zeros((plan.height, plan.width), np.int32)
+    for tile in plan.tiles():
+        c, b = tile.core, tile.blend
+        assert all(v % f == 0 for v in (c.row_off, c.col_off, c.height, c.width))
+        owner[c.row_off:c.row_off + c.height, c.col_off:c.col_off + c.width] += 1
+        weight[b.row_off:b.row_off + b.height, b.col_off:b.col_off + b.width] += \
+            plan.weights(tile)
+    assert (owner == 1).all()
+    np.testing.assert_allclose(weight, 1.0, atol=1e-6)
+    # the coarse window of every read lines up with its fine window
+    for tile in plan.tiles():
+        cw = plan.coarse(tile.read)
+        assert (cw.col_off * f, cw.row_off * f, cw.width * f, cw.height * f) == \
+            (tile.read.col_off, tile.read.row_off, tile.read.width, tile.read.height)
