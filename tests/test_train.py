@@ -433,7 +433,6 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
     """The same command under torchrun: DDP over gloo, rank 0 writes the outputs."""
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -441,11 +440,9 @@ def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this Python")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp.geosr"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "geosr",
+    # --standalone: torchrun picks a free port itself (no race with other processes).
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "geosr",
            "train", str(tiny_dataset), "-o", str(out), "--epochs", "2", *FAST_CLI]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr

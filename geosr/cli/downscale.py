@@ -19,7 +19,7 @@ EPILOG = """Examples:
 
   geosr downscale coarse.tif --aux dem.tif ndvi.tif        (regression sharpening, no model)
 
-  geosr downscale era5_t2m.tif --aux dem.tif --model alps-t2m -o t2m_500m.tif
+  geosr downscale t_16km.tif --aux dem=dem.tif --model alps-t2m -o t_1km.tif
 
   geosr downscale day1.tif day2.tif --aux dem=srtm.tif --out-dir out/ --scheduler tcp://10.0.0.5:8786
 """
