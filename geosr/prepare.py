@@ -27,8 +27,7 @@ from geosr.align import (
     resampling_for,
 )
 from geosr.errors import GridError, InputError
-from geosr.grid import Bounds, Grid
-from geosr.grid import footprint
+from geosr.grid import Bounds, Grid, footprint
 from geosr.io import (
     AlignedReader,
     RasterInfo,

@@ -1,7 +1,8 @@
 """The hand-written package list in pyproject.toml must cover every geosr package."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

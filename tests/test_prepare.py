@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from conftest import terrain, write_raster
 from typer.testing import CliRunner
 
-from conftest import terrain, write_raster
 from geosr.align import block_mean
 from geosr.cli import app
 from geosr.errors import GridError, InputError, OutputExistsError

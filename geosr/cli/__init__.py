@@ -4,7 +4,7 @@ Each verb lives in its own module that parses options, makes one library call an
 renders the result; nothing else.
 """
 
+from geosr.cli import downscale, prepare, train, validate  # noqa: F401,E402  (register verbs)
 from geosr.cli._app import app
-from geosr.cli import prepare, train, downscale, validate  # noqa: F401,E402  (register verbs)
 
 __all__ = ["app"]
