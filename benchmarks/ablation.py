@@ -24,8 +24,8 @@ Usage::
     python benchmarks/ablation.py --demo
 
 The default run is deliberately small (3 epochs, a 1-minute cap per model): ``--demo``
-trains 8 models in about 5 minutes on a 2-core CPU (2 epochs took 30-45 s per model). Raise ``--epochs`` and
-``--max-minutes`` for a real experiment. With ``n`` aux layers, ``2**n`` models are
+trains 8 models in about 5 minutes on a 2-core CPU (2 epochs took 30-45 s per model). Raise
+``--epochs`` and ``--max-minutes`` for a real experiment. With ``n`` aux layers, ``2**n`` models are
 trained; ``--max-combos`` caps that.
 
 Validation samples default to the last quarter of the dataset's samples (at least one),

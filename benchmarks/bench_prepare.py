@@ -54,18 +54,22 @@ def make_inputs(folder: Path, n_fine: int) -> tuple[Path, Path, tuple]:
     h = int(np.ceil((lat1 - lat0) / step)) + 2
     dem_path = folder / "dem.tif"
     prof = {"driver": "GTiff", "width": w, "height": h, "count": 1, "dtype": "float32",
-            "crs": "EPSG:4326", "transform": Affine(step * 1.45, 0, lon0 - step, 0, -step, lat1 + step),
+            "crs": "EPSG:4326",
+            "transform": Affine(step * 1.45, 0, lon0 - step, 0, -step, lat1 + step),
             "tiled": True, "compress": "deflate", "nodata": float("nan")}
     rng = np.random.default_rng(0)
     with rasterio.open(dem_path, "w", **prof) as dst:
         for _, win in dst.block_windows(1):
-            y, x = np.mgrid[win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width]
-            block = 1000 + 800 * np.sin(x / 97.0) * np.cos(y / 61.0) + rng.normal(0, 5, (win.height, win.width))
+            y, x = np.mgrid[win.row_off:win.row_off + win.height,
+                            win.col_off:win.col_off + win.width]
+            block = (1000 + 800 * np.sin(x / 97.0) * np.cos(y / 61.0)
+                     + rng.normal(0, 5, (win.height, win.width)))
             dst.write(block.astype("float32"), 1, window=win)
     nc = n_fine // 20
     coarse_path = folder / "coarse.tif"
-    with rasterio.open(coarse_path, "w", driver="GTiff", width=nc, height=nc, count=1, dtype="float32",
-                       crs="EPSG:32632", transform=Affine(10_000, 0, left, 0, -10_000, top)) as dst:
+    with rasterio.open(coarse_path, "w", driver="GTiff", width=nc, height=nc, count=1,
+                       dtype="float32", crs="EPSG:32632",
+                       transform=Affine(10_000, 0, left, 0, -10_000, top)) as dst:
         dst.write(rng.normal(10, 3, (1, nc, nc)).astype("float32"))
     return coarse_path, dem_path, utm
 
@@ -83,7 +87,8 @@ def main() -> None:
             coarse, dem, utm = make_inputs(tmp, n)
             runs = []
             for _ in range(args.repeat):
-                out = subprocess.run([sys.executable, "-c", CHILD, str(coarse), str(dem), str(tmp / "ds")],
+                out = subprocess.run([sys.executable, "-c", CHILD, str(coarse), str(dem),
+                                      str(tmp / "ds")],
                                      capture_output=True, text=True, check=True)
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             sec = statistics.median(r["seconds"] for r in runs)
@@ -93,20 +98,23 @@ def main() -> None:
                 times = []
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
-                    subprocess.run([gdalwarp, "-q", "-overwrite", "-t_srs", "EPSG:32632", "-tr", "500", "500",
+                    subprocess.run([gdalwarp, "-q", "-overwrite", "-t_srs", "EPSG:32632",
+                                    "-tr", "500", "500",
                                     "-te", *map(str, utm), "-r", "average", "-ot", "Float32",
-                                    "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "PREDICTOR=3",
+                                    "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE",
+                                    "-co", "PREDICTOR=3",
                                     str(dem), str(tmp / "warp.tif")], check=True)
                     times.append(time.perf_counter() - t0)
                 warp = statistics.median(times)
             rows.append((n, sec, n * n / sec / 1e6, rss, warp))
-    print(f"{'fine grid':>12} {'prepare s':>10} {'Mpx/s':>8} {'peak RSS MB':>12} {'gdalwarp s':>11} {'ratio':>6}")
+    print(f"{'fine grid':>12} {'prepare s':>10} {'Mpx/s':>8} {'peak RSS MB':>12} "
+          f"{'gdalwarp s':>11} {'ratio':>6}")
     for n, sec, mpx, rss, warp in rows:
         w = f"{warp:11.2f}" if warp else f"{'n/a':>11}"
         r = f"{sec / warp:6.2f}" if warp else f"{'':>6}"
         print(f"{f'{n}x{n}':>12} {sec:10.2f} {mpx:8.2f} {rss:12.0f} {w} {r}")
-    print("prepare = coarse (10 km) onto the coarse grid + 250 m lon/lat DEM onto the 500 m UTM grid;"
-          " gdalwarp = the DEM step alone")
+    print("prepare = coarse (10 km) onto the coarse grid + 250 m lon/lat DEM onto the 500 m UTM"
+          " grid; gdalwarp = the DEM step alone")
 
 
 if __name__ == "__main__":

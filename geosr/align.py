@@ -134,7 +134,8 @@ def iter_windows(grid: Grid, block_px: int) -> Iterator[Window]:
     """Row-major windows of at most ``block_px`` x ``block_px`` covering ``grid``."""
     for row in range(0, grid.height, block_px):
         for col in range(0, grid.width, block_px):
-            yield Window(col, row, min(block_px, grid.width - col), min(block_px, grid.height - row))
+            yield Window(col, row, min(block_px, grid.width - col),
+                         min(block_px, grid.height - row))
 
 
 def block_mean(fine: np.ndarray, factor: int) -> np.ndarray:

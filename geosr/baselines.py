@@ -197,6 +197,7 @@ def sharpen(coarse: np.ndarray, aux_fine: np.ndarray, factor: int, *, conserve: 
         factor: fine/coarse ratio.
         conserve: make block means equal the coarse field.
     """
-    aux_c = block_mean_valid(aux_fine, factor) if aux_fine.shape[0] else aux_fine[:, ::factor, ::factor]
+    aux_c = (block_mean_valid(aux_fine, factor) if aux_fine.shape[0]
+             else aux_fine[:, ::factor, ::factor])
     fit = fit_sharpen(coarse, aux_c)
     return sharpen_tile(fit, coarse, aux_fine, factor, conserve=conserve, interp=interp)

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    use_real = args.data == "real" or (args.data == "auto" and (REAL / "meteoswiss-ch-1km").is_dir())
+    use_real = args.data == "real" or (
+        args.data == "auto" and (REAL / "meteoswiss-ch-1km").is_dir()
+    )
     if args.data == "real" and not use_real:
         print(f"demo: {REAL} not found; expected ../shared/data/real beside the repository",
               file=sys.stderr)

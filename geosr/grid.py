@@ -65,7 +65,8 @@ class Grid:
     @property
     def bounds(self) -> Bounds:
         left, top = self.transform.c, self.transform.f
-        return (left, top + self.transform.e * self.height, left + self.transform.a * self.width, top)
+        return (left, top + self.transform.e * self.height,
+                left + self.transform.a * self.width, top)
 
     @property
     def rio_crs(self) -> CRS:
@@ -75,7 +76,8 @@ class Grid:
         """The nested grid whose pixels are ``factor x factor`` blocks of this one."""
         if self.width % factor or self.height % factor:
             raise GridError(
-                f"grid {self.width}x{self.height} px is not a whole number of {factor}x{factor} blocks"
+                f"grid {self.width}x{self.height} px is not a whole number of "
+                f"{factor}x{factor} blocks"
             )
         return Grid(self.crs, self.transform @ Affine.scale(factor), self.width // factor,
                     self.height // factor)
@@ -206,7 +208,9 @@ def footprint(src_crs: CRS | str, src_bounds: Bounds, dst_crs: str) -> Bounds:
         return tuple(transform_bounds(CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs),
                                       *src_bounds, densify_pts=21))
     except Exception as e:
-        raise GridError(f"cannot transform bounds {src_bounds} from {src_crs} to {dst_crs}: {e}") from e
+        raise GridError(
+            f"cannot transform bounds {src_bounds} from {src_crs} to {dst_crs}: {e}"
+        ) from e
 
 
 def native_cell_m(src_crs: CRS | str, src_bounds: Bounds, width: int, height: int,

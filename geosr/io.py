@@ -214,13 +214,17 @@ class AlignedReader:
             ))
         except RasterioError as e:
             self._stack.close()
-            raise GridError(f"{self.path}: cannot be warped onto the {self.grid.crs} grid ({e})") from e
+            raise GridError(
+                f"{self.path}: cannot be warped onto the {self.grid.crs} grid ({e})"
+            ) from e
         return self
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def read(self, window: Window | None = None, bands: list[int] | int | None = None) -> np.ndarray:
+    def read(
+        self, window: Window | None = None, bands: list[int] | int | None = None
+    ) -> np.ndarray:
         """Read ``bands`` (1-based; default all) in ``window`` (default whole grid)."""
         if window is None:
             window = Window(0, 0, self.grid.width, self.grid.height)
@@ -329,7 +333,9 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         if final.exists() and not overwrite:
-            raise OutputExistsError(f"{final}: appeared while working; pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"{final}: appeared while working; pass --overwrite to replace it"
+            )
         os.replace(tmp, final)
     except ProcessingError as e:
         # Name the user's file, not the temporary one (or its siblings) that is gone now.
@@ -491,7 +497,9 @@ class OnGridReader:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def read(self, window: Window | None = None, bands: list[int] | int | None = None) -> np.ndarray:
+    def read(
+        self, window: Window | None = None, bands: list[int] | int | None = None
+    ) -> np.ndarray:
         """Read ``bands`` (1-based; default all) in ``window`` of the grid (default whole)."""
         if window is None:
             window = Window(0, 0, self.grid.width, self.grid.height)

@@ -135,7 +135,8 @@ class Manifest:
                 return None
             stats = LayerStats(**x["stats"]) if x.get("stats") else None
             return Layer(
-                name=str(x["name"]), path=str(x["path"]), grid=str(x["grid"]), bands=int(x["bands"]),
+                name=str(x["name"]), path=str(x["path"]), grid=str(x["grid"]),
+                bands=int(x["bands"]),
                 units=str(x.get("units", "")), categorical=bool(x.get("categorical", False)),
                 classes=tuple(float(c) for c in x.get("classes", ())),
                 source=tuple(str(s) for s in x.get("source", ())), stats=stats,
@@ -160,14 +161,17 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder; expected a dataset made by `geosr prepare`")
     if not path.exists():
-        raise InputError(f"{folder}: no {MANIFEST_NAME}; expected a dataset made by `geosr prepare`")
+        raise InputError(
+            f"{folder}: no {MANIFEST_NAME}; expected a dataset made by `geosr prepare`"
+        )
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: damaged ({e}); re-run `geosr prepare`") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise InputError(f"{path}: not a geosr prepared-dataset manifest (format "
-                         f"{d.get('format') if isinstance(d, dict) else None!r}); expected {FORMAT!r}")
+                         f"{d.get('format') if isinstance(d, dict) else None!r}); "
+                         f"expected {FORMAT!r}")
     if d.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: format_version {d.get('format_version')!r} is not supported; "
                          f"expected {FORMAT_VERSION}: re-run `geosr prepare` with this version")

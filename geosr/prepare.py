@@ -131,7 +131,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
         check_coverage(info, coarse, option="COARSE", area=area)
     for info in target_infos:
         check_coverage(info, fine, option="--target", area=area)
-    for spec, info in zip(cfg.aux, aux_infos):
+    for spec, info in zip(cfg.aux, aux_infos, strict=True):
         check_coverage(info, fine, option=f"--aux {spec.name}", area=area)
 
     block = max(factor, (cfg.block_px // factor) * factor)
@@ -157,7 +157,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
         coarse_layer = (_write_coarse(coarse_bands, coarse, block // factor, tmp, units, progress)
                         if coarse_bands else agg_layer)
         aux_layers = tuple(_write_aux(spec, info, fine, block, tmp, progress)
-                           for spec, info in zip(cfg.aux, aux_infos))
+                           for spec, info in zip(cfg.aux, aux_infos, strict=True))
         manifest = Manifest(
             fine_grid=fine, coarse_grid=coarse, factor=factor, res_m=fine.res, variable=variable,
             units=units, coarse=coarse_layer, target=target_layer, aux=aux_layers,

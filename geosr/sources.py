@@ -38,7 +38,9 @@ def parse_layer(token: str, *, option: str = "--aux") -> LayerSpec:
     """Parse ``[name=]path[:categorical]``."""
     text = token.strip()
     if not text:
-        raise InputError(f"{option}: empty value; expected PATH, NAME=PATH or NAME=PATH:categorical")
+        raise InputError(
+            f"{option}: empty value; expected PATH, NAME=PATH or NAME=PATH:categorical"
+        )
     categorical = text.endswith(CATEGORICAL_SUFFIX)
     if categorical:
         text = text[: -len(CATEGORICAL_SUFFIX)]
@@ -53,7 +55,9 @@ def parse_layer(token: str, *, option: str = "--aux") -> LayerSpec:
     return LayerSpec(name=name or layer_name_from_path(text), path=text, categorical=categorical)
 
 
-def parse_layers(tokens: list[str] | tuple[str, ...], *, option: str = "--aux") -> tuple[LayerSpec, ...]:
+def parse_layers(
+    tokens: list[str] | tuple[str, ...], *, option: str = "--aux"
+) -> tuple[LayerSpec, ...]:
     """Parse several tokens and check that names are unique."""
     specs = tuple(parse_layer(t, option=option) for t in tokens)
     seen: dict[str, str] = {}

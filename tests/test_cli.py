@@ -57,5 +57,6 @@ def test_debug_shows_traceback(tmp_path):
 def test_python_m_geosr():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "geosr", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "geosr", "--version"],
+                         capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout

@@ -108,7 +108,8 @@ def test_prepare_inference_only_geographic_input(tmp_path):
 
 def test_prepare_errors_leave_nothing(scene, tmp_path):
     out = tmp_path / "ds"
-    far = write_raster(tmp_path / "far.tif", np.ones((10, 10)), res=1000, origin=(100_000, 4_000_000))
+    far = write_raster(tmp_path / "far.tif", np.ones((10, 10)), res=1000,
+                       origin=(100_000, 4_000_000))
     with pytest.raises(GridError, match="overlap 0%"):
         prepare(PrepareConfig(out_dir=out, target=(str(scene["target"]),),
                               aux=(LayerSpec("far", str(far)),), res_m=1000, factor=8))

@@ -30,7 +30,9 @@ def settings(ctx: typer.Context) -> Settings:
 
 
 @contextlib.contextmanager
-def progress_bar(ctx: typer.Context, *, enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+def progress_bar(
+    ctx: typer.Context, *, enabled: bool = True
+) -> Iterator[Callable[[str, int, int], None]]:
     """A ``progress(stage, done, total)`` callback drawing a rich bar on a terminal.
 
     Silent with ``--quiet``, ``--json`` (``enabled=False``) or when stderr is not a terminal.

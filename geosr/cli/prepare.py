@@ -15,7 +15,8 @@ EPILOG = """Examples:
 
   geosr prepare --target tasmax1km.tif --aux dtmm.tif --factor 16 --res 1000 -o ds/
 
-  geosr prepare era5_t2m.tif --target haduk_tasmax.tif --aux dem=dtm.tif lc=landcover.tif:categorical -o ds/
+  geosr prepare era5_t2m.tif --target haduk_tasmax.tif --aux dem=dtm.tif \
+lc=landcover.tif:categorical -o ds/
 
   geosr prepare coarse.tif --aux dem.tif ndvi.tif -o ds/   (inference dataset, no target)
 """
@@ -55,6 +56,7 @@ def prepare_cmd(
         emit_json(result.to_dict())
         return
     d = result.to_dict()
-    say(ctx, f"prepared {d['n_samples']} sample(s) on a {d['fine_shape'][1]}x{d['fine_shape'][0]} px "
+    say(ctx, f"prepared {d['n_samples']} sample(s) on a "
+             f"{d['fine_shape'][1]}x{d['fine_shape'][0]} px "
              f"{d['res_m']:g} m grid (factor {d['factor']}, {d['crs'][:40]}) -> {out} "
              f"in {d['seconds']:.1f} s")
