@@ -4,10 +4,12 @@ Data path, per coarse input: plan the grids exactly as ``prepare`` does
 (:func:`geosr.align.plan_grids`); read the coarse field onto the coarse grid with
 area-weighted averaging (held in memory for a group of bands: the coarse grid has
 ``factor**2`` times fewer cells than the output, 800 x 800 cells for a 16 000 px
-square output at factor 20); then, tile by tile (:mod:`geosr.tiling`), read only the
-aux windows the tile needs on the fine grid, predict, blend the overlapping tiles with
-weights that sum to 1, apply the per-coarse-cell conservation correction to the
-completed rows, and write them to a temporary GeoTIFF. The GeoTIFF is then copied to
+square output at factor 20) and fill its nodata from the nearest valid cell over the
+whole grid, so that no tile fills it differently; then, tile by tile
+(:mod:`geosr.tiling`), read only the aux windows the tile needs on the fine grid,
+predict, blend the overlapping tiles with weights that sum to 1, apply the
+per-coarse-cell conservation correction and the nodata mask to the completed rows, and
+write them to a temporary GeoTIFF. The GeoTIFF is then copied to
 a Cloud-Optimized GeoTIFF beside the final name and renamed into place. Memory
 therefore follows the tile size and the grid width, not the raster size.
 
@@ -800,7 +802,7 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     stitch_rows = max(plan.rows.blend(i).size for i in range(plan.rows.count)) + 3 * f \
         + plan.overlap_px
     per_band = 4 * (stitch_rows * fine.width + (engine.slots * tile_batch + 2) * read_px
-                    + coarse_grid.width * coarse_grid.height)
+                    + 2 * coarse_grid.width * coarse_grid.height)  # coarse field + filled copy
     groups = _band_groups(n_bands, per_band, memory_mb << 20)
 
     t0 = time.perf_counter()
@@ -877,10 +879,14 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                     "there", info.path, group[0] + 1, group[-1] + 1)
     if job.method is Method.sharpen:
         job = _with_fits(job, coarse, aux_coarse, info, group, dst)
+    # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
+    # the cells its window happens to see, so values next to nodata would depend on the
+    # tile size. The nodata mask is put back on the stitched rows (_flush).
+    filled = _fill_nodata(coarse)
     stitch = RowStitcher(plan, bands=len(group))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
-    for tiles, preds in _ordered(engine, _tile_items(plan, coarse, tile_batch), job, predictor):
+    for tiles, preds in _ordered(engine, _tile_items(plan, filled, tile_batch), job, predictor):
         for tile, pred in zip(tiles, preds, strict=True):
             stitch.add(tile, pred)
         done += len(tiles)
@@ -908,10 +914,36 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
     if done is None:
         return
     top, arr = done
+    c0 = top // f
+    rows = coarse[:, c0:c0 + arr.shape[1] // f]
     if conserve:
-        c0 = top // f
-        arr = _conserve_rows(arr, coarse[:, c0:c0 + arr.shape[1] // f], f)
-    writer.write(top, arr)
+        arr = _conserve_rows(arr, rows, f)
+    writer.write(top, _mask_nodata(arr, rows, f))
+
+
+def _fill_nodata(coarse: np.ndarray) -> np.ndarray:
+    """``(bands, rows, cols)`` with NaN cells filled from the nearest valid cell of their
+    band (an all-NaN band stays NaN); the input itself when it has no NaN."""
+    from geosr.baselines import fill_nearest
+
+    if np.isfinite(coarse).all():
+        return coarse
+    return np.stack([fill_nearest(band) for band in coarse])
+
+
+def _mask_nodata(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Set the fine pixels of NaN coarse cells to NaN, in place (no full-size temporary).
+
+    Args:
+        fine: ``(bands, rows, cols)``, rows and cols multiples of ``factor``; modified.
+        coarse: ``(bands, rows / factor, cols / factor)``.
+    """
+    bad = ~np.isfinite(coarse)
+    if bad.any():
+        b, r, c = fine.shape
+        blocks = fine.reshape(b, r // factor, factor, c // factor, factor)  # a view
+        np.copyto(blocks, np.float32(np.nan), where=bad[:, :, None, :, None])
+    return fine
 
 
 def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: np.ndarray, info: RasterInfo,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -20,7 +23,7 @@ from geosr.align import block_mean
 from geosr.baselines import sharpen, upsample
 from geosr.cli import app
 from geosr.downscale import DownscaleConfig, Method, downscale, match_aux
-from geosr.errors import BundleError, InputError
+from geosr.errors import BundleError, InputError, ProcessingError
 from geosr.sources import LayerSpec, parse_layers
 
 runner = CliRunner()
@@ -29,8 +32,12 @@ ORIGIN = (600_000.0, 5_100_000.0)
 
 
 def _scene(root: Path, *, hc: int = 80, wc: int = 100, bands: int = 2, coarse_nan: bool = False,
-           aux_nan: bool = False) -> dict:
-    """A DEM on the 500 m grid, a DEM-driven temperature and its exact 4 km block means."""
+           aux_nan: bool = False, cell_noise: float = 0.0) -> dict:
+    """A DEM on the 500 m grid, a DEM-driven temperature and its exact 4 km block means.
+
+    ``cell_noise``: std (degC) of independent noise added to every coarse cell, so that
+    neighbouring cells differ (how nodata is filled next to a lake then matters).
+    """
     dem = terrain((hc * F, wc * F), seed=3)
     rng = np.random.default_rng(5)
     days = []
@@ -38,6 +45,8 @@ def _scene(root: Path, *, hc: int = 80, wc: int = 100, bands: int = 2, coarse_na
         t = 18 + b - (0.0055 + 0.001 * b) * dem + rng.normal(0, 0.2, dem.shape)
         days.append(block_mean(t.astype(np.float32), F))
     coarse = np.stack(days)
+    if cell_noise:
+        coarse += np.random.default_rng(7).normal(0, cell_noise, coarse.shape).astype(np.float32)
     if coarse_nan:
         coarse[:, 20:26, 30:37] = np.nan  # a lake of nodata across a tile border
         coarse[:, 5, 60] = np.nan
@@ -82,6 +91,35 @@ def _border_stat(arr: np.ndarray, plan) -> tuple[float, float]:
     return float(np.nanmean(np.concatenate(on))), float(np.nanmean(np.concatenate(off)))
 
 
+def _assert_cog(path: Path) -> None:
+    """GDAL's COG layout check when GDAL's Python bindings are installed; else its main
+    points through rasterio and the file's own bytes."""
+    try:
+        from osgeo_utils.samples.validate_cloud_optimized_geotiff import validate
+    except ImportError:
+        validate = None
+    if validate is not None:
+        _, errors, _ = validate(str(path), full_check=True)
+        assert not errors, errors
+    with rasterio.open(path) as src:
+        assert src.driver == "GTiff"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"  # GDAL >= 3.1
+        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"  # floating point
+        ovr = src.overviews(1)
+        assert ovr and all(src.overviews(b) == ovr for b in src.indexes)
+        # COG layout: data of the smallest overview first, full resolution last
+        offsets = [int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1, ovr=i))
+                   for i in reversed(range(len(ovr)))]
+        offsets.append(int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1)))
+        assert offsets == sorted(offsets), offsets
+    with open(path, "rb") as fh:
+        head = fh.read(512)  # GDAL's ghost area right after the TIFF header
+    assert b"GDAL_STRUCTURAL_METADATA_SIZE=" in head and b"LAYOUT=IFDS_BEFORE_DATA" in head
+    assert b"KNOWN_INCOMPATIBLE_EDITION=NO" in head
+    assert not Path(f"{path}.ovr").exists()  # overviews are internal
+
+
 # --------------------------------------------------------------------------- invariance
 
 
@@ -113,6 +151,24 @@ def test_warped_aux_does_not_depend_on_tile_size(tmp_path):
     assert np.nanmax(np.abs(outs[0] - outs[1])) < 1e-3 * np.nanstd(outs[1])
 
 
+@pytest.mark.parametrize("method", ["sharpen", "bicubic", "net"])
+def test_result_next_to_nodata_does_not_depend_on_tile_size(tmp_path, request, method):
+    """Nodata lakes across tile borders, in a field that changes from cell to cell.
+
+    A tile must fill the nodata next to it as the whole raster would: filled from the
+    cells that tile happens to see, the values beside a lake depend on the tile size.
+    ``net`` is the untrained network: the trained-like one also fails for lack of context
+    (see test_trained_like_network_does_not_depend_on_tile_size).
+    """
+    sc = _scene(tmp_path, coarse_nan=True, aux_nan=True, cell_noise=0.5)
+    kw = _method(request, method)
+    a, _ = _run(sc, tmp_path / "a.tif", tile_px=128, **kw)
+    b, _ = _run(sc, tmp_path / "b.tif", tile_px=512, **kw)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.isnan(b).any()
+    assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
+
+
 def test_sharpen_tiled_equals_whole_array(scene, tmp_path):
     out, _ = _run(scene, tmp_path / "o.tif", tile_px=128)
     c = scene["coarse_arr"]
@@ -120,8 +176,21 @@ def test_sharpen_tiled_equals_whole_array(scene, tmp_path):
     np.testing.assert_allclose(out, whole, atol=1e-4)
 
 
-def test_no_visible_seams(scene, tmp_path):
-    out, res = _run(scene, tmp_path / "o.tif", tile_px=64)
+def _method(request, method: str) -> dict:
+    """DownscaleConfig keywords that run ``method``: ``net`` the ``tiny_bundle`` network,
+    ``net-gain`` the ``gain_bundle`` one."""
+    if method.startswith("net"):
+        fixture = "gain_bundle" if method == "net-gain" else "tiny_bundle"
+        return {"model": str(request.getfixturevalue(fixture))}
+    return {"method": Method(method)}
+
+
+@pytest.mark.parametrize("method", ["sharpen", "net-gain"])
+def test_no_visible_seams(scene, tmp_path, request, method):
+    # Tile 64: many borders, so that the statistic measures seams, not where they fall
+    # (with a few borders, the field's own structure along them moves it by ~5 %).
+    out, res = _run(scene, tmp_path / "o.tif", tile_px=64, **_method(request, method))
+    assert res.method is Method(method.split("-")[0])
     plan = ds.plan_tiles(out.shape[1], out.shape[2], factor=F, tile_px=64,
                          overlap_px=res.overlap_px)
     at_border, elsewhere = _border_stat(out, plan)
@@ -147,13 +216,19 @@ def _fake_bundle_module(monkeypatch, predictor_cls=_TileDependentPredictor, aux_
                                    units="degC", sha256="ab" * 32,
                                    aux=[types.SimpleNamespace(name=n, categorical=False)
                                         for n in aux_names])
-    calls = {}
+    calls = {"loads": 0, "predictors": 0}
     mod = types.ModuleType("geosr.bundle")
     mod.resolve_model = lambda spec: Path(spec)
-    mod.load_bundle = lambda path: bundle
+
+    def load(path):
+        calls["loads"] += 1
+        return bundle
+
+    mod.load_bundle = load
 
     def make(b, device=None, conserve=None):
         calls["conserve"] = conserve
+        calls["predictors"] += 1
         p = predictor_cls()
         p.aux_names = aux_names
         return p
@@ -182,11 +257,12 @@ def test_blending_hides_seams_of_a_tile_dependent_model(scene, tmp_path, monkeyp
 # --------------------------------------------------------------------------- conservation
 
 
-@pytest.mark.parametrize("method", ["sharpen", "bicubic"])
-def test_conservation_across_tiles_and_next_to_nodata(tmp_path, method):
+@pytest.mark.parametrize("method", ["sharpen", "bicubic", "net-gain"])
+def test_conservation_across_tiles_and_next_to_nodata(tmp_path, request, method):
     sc = _scene(tmp_path, coarse_nan=True, aux_nan=True)
-    out, res = _run(sc, tmp_path / "o.tif", method=Method(method), tile_px=96, conserve=True)
-    assert res.conserve
+    out, res = _run(sc, tmp_path / "o.tif", tile_px=96, conserve=True,
+                    **_method(request, method))
+    assert res.conserve and res.method is Method(method.split("-")[0])
     c = sc["coarse_arr"]
     means = block_mean(out, F)
     valid = np.isfinite(c)
@@ -207,25 +283,30 @@ def test_bicubic_is_plain_interpolation_by_default(scene, tmp_path):
 # --------------------------------------------------------------------------- output
 
 
-def test_output_is_a_valid_cog_with_provenance(scene, tmp_path):
+def test_output_is_a_valid_cog_with_provenance(scene, tmp_path, monkeypatch):
+    from geosr import __version__
+
+    with rasterio.open(scene["coarse"], "r+") as dst:  # units of the input are carried over
+        dst.units = ("degC", "degC")
     out = tmp_path / "out.tif"
-    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", f"elev={scene['aux']}",
-                            "-o", str(out), "--tile", "256"])
+    argv = ["downscale", str(scene["coarse"]), "--aux", f"elev={scene['aux']}", "-o", str(out),
+            "--tile", "256"]
+    monkeypatch.setattr(sys, "argv", ["geosr", *argv])
+    r = runner.invoke(app, argv)
     assert r.exit_code == 0, r.stderr
-    assert "sharpen" in r.stdout and "Mpx/s" in r.stdout
+    # without --model it says which method ran
+    assert "sharpen (regression sharpening, conserved)" in r.stdout and "Mpx/s" in r.stdout
+    _assert_cog(out)
     with rasterio.open(out) as src:
-        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
-        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
-        assert src.overviews(1)
         assert src.count == 2 and src.dtypes == ("float32", "float32")
         assert np.isnan(src.nodata)
-        assert src.descriptions == ("t2m", "t2m")
+        assert src.descriptions == ("t2m", "t2m") and src.units == ("degC", "degC")
         tags = src.tags()
         assert tags["GEOSR_METHOD"] == "sharpen" and tags["GEOSR_AUX"] == "elev"
-        assert tags["GEOSR_VERSION"] and tags["GEOSR_FACTOR"] == str(F)
-        assert "geosr downscale" in tags["GEOSR_COMMAND"] or tags["GEOSR_COMMAND"]
-        assert str(Path(scene["aux"]).resolve()) in tags["GEOSR_AUX_FILES"]
+        assert tags["GEOSR_VERSION"] == __version__ and tags["GEOSR_FACTOR"] == str(F)
+        assert tags["GEOSR_RES_M"] == "500" and tags["GEOSR_CONSERVE"] == "true"
+        assert tags["GEOSR_COMMAND"] == shlex.join(["geosr", *argv])
+        assert tags["GEOSR_AUX_FILES"] == f"elev={os.path.abspath(scene['aux'])}"
         assert src.tags(2)["DATE_TIME"] == "2020-07-02"
         assert "GEOSR_SHARPEN_R2" in src.tags(1)
         assert src.res == (500.0, 500.0)
@@ -238,7 +319,7 @@ def test_default_output_name_and_out_dir(scene, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "t2m_500m.tif").is_file()
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("downscaled")
+    assert len(lines) == 1 and lines[0].startswith("downscaled") and r.stderr == ""
     (tmp_path / "out").mkdir()
     r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
                             "--out-dir", str(tmp_path / "out"), "--method", "bicubic"])
@@ -260,6 +341,18 @@ def test_several_inputs_one_output_each(scene, tmp_path):
     for key in ("method", "seconds", "mpx_per_s", "peak_rss_mb"):
         assert key in summary
     assert summary["method"] == "sharpen"
+
+
+def test_several_inputs_load_the_model_once(scene, tmp_path, monkeypatch):
+    calls = _fake_bundle_module(monkeypatch)
+    second = write_raster(tmp_path / "t2m_b.tif", scene["coarse_arr"] + 1, res=500.0 * F,
+                          origin=ORIGIN)
+    (tmp_path / "o").mkdir()
+    res = downscale(DownscaleConfig(coarse=(str(scene["coarse"]), str(second)),
+                                    aux=parse_layers([str(scene["aux"])]), model="fake.geosr",
+                                    out_dir=tmp_path / "o", tile_px=256))
+    assert [o.path.name for o in res.outputs] == ["t2m_500m.tif", "t2m_b_500m.tif"]
+    assert calls["loads"] == 1 and calls["predictors"] == 1
 
 
 def test_band_groups_give_the_same_result(scene, tmp_path):
@@ -309,6 +402,25 @@ def test_failure_mid_run_leaves_nothing(scene, tmp_path, monkeypatch, exc):
     monkeypatch.setattr(ds, "predict_tiles", _boom_after(5, exc))
     with pytest.raises(type(exc)):
         _run(scene, tmp_path / "o.tif", tile_px=128)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_failure_while_writing_the_cog_leaves_nothing(scene, tmp_path, monkeypatch):
+    """The tiles are done and the stage file complete when the COG copy fails."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    seen = []
+
+    def broken(src_path, dst_path, **kw):
+        seen.append(Path(src_path).is_file())
+        Path(dst_path).write_bytes(b"half a COG")
+        raise ProcessingError(f"{dst_path}: COG writing failed (No space left on device)")
+
+    monkeypatch.setattr(ds, "translate_to_cog", broken)
+    out = tmp_path / "o.tif"
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
+                            "-o", str(out), "--tile", "256"])
+    assert seen == [True]
+    assert r.exit_code == 1 and str(out) in r.stderr and "nothing was left" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -490,24 +602,45 @@ def test_on_grid_reader_matches_the_warper(scene):
 # --------------------------------------------------------------------------- real bundle
 
 
-@pytest.fixture
-def tiny_bundle(tmp_path):
-    """An untrained tiny Generator saved as a real bundle (aux: dem)."""
+def _save_tiny_bundle(path: Path, *, gain: bool = False) -> Path:
     nn = pytest.importorskip("geosr.nn")
     gb = pytest.importorskip("geosr.bundle")
     import torch
 
     torch.manual_seed(0)
     cfg = nn.NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
-                       fine_width=8, n_blocks=1, fine_blocks=1)
+                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True)
     gen = nn.Generator(cfg).eval()
-    path = tmp_path / "tiny.geosr"
+    if gain:
+        with torch.no_grad():  # in standardised units: -0.5 x 5 degC / 400 m
+            gen.gain.weight.normal_(0.0, 0.5)
+            gen.gain.bias.fill_(-0.5)
     gb.save_bundle(path, config=cfg, aux=(gb.AuxChannelSpec("dem", mean=800.0, std=400.0),),
                    factor=F, res_m=500.0, variable="t2m", units="degC",
                    norm={"coarse": {"mean": 10.0, "std": 5.0},
                          "target": {"mean": 10.0, "std": 5.0}},
                    state_dict=gen.state_dict())
     return path
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+    """An untrained tiny Generator saved as a real bundle (aux: dem).
+
+    At initialisation it is close to bilinear interpolation plus conservation.
+    """
+    return _save_tiny_bundle(tmp_path / "tiny.geosr")
+
+
+@pytest.fixture
+def gain_bundle(tmp_path):
+    """The tiny Generator with its aux gain set by hand as training would set it.
+
+    About -6.25 K/km on the DEM, varying with the coarse features around each cell: the
+    network's own detail is then a large part of the field and depends on context
+    several coarse cells away, as in a trained model (``models/alps-t2m``).
+    """
+    return _save_tiny_bundle(tmp_path / "gain.geosr", gain=True)
 
 
 @pytest.mark.slow
@@ -521,15 +654,65 @@ def test_real_bundle_end_to_end(scene, tmp_path, tiny_bundle):
         assert r.exit_code == 0, r.stderr
         summary = json.loads(r.stdout)
         assert summary["method"] == "net" and summary["factor"] == F
+        _assert_cog(out)
         with rasterio.open(out) as src:
             outs[tile] = src.read()
             tags = src.tags()
             assert tags["GEOSR_METHOD"] == "net" and len(tags["GEOSR_MODEL_SHA256"]) == 64
+            assert tags["GEOSR_MODEL"] == str(tiny_bundle)
             assert tags["GEOSR_AUX"] == "dem"  # matched by order, recorded by model name
-            assert src.descriptions == ("t2m", "t2m")
+            assert src.descriptions == ("t2m", "t2m") and src.units == ("degC", "degC")
     a, b = outs[128], outs[512]
+    assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
     np.testing.assert_allclose(block_mean(b, F), scene["coarse_arr"], atol=1e-4)
+
+
+def test_model_by_shipped_name(scene, tmp_path, tiny_bundle, monkeypatch):
+    """``--model NAME`` finds NAME/NAME.geosr in the shipped-models folders."""
+    import geosr.bundle as gb
+
+    shipped = tmp_path / "shipped"
+    (shipped / "tiny-t2m").mkdir(parents=True)
+    shutil.copy(tiny_bundle, shipped / "tiny-t2m" / "tiny-t2m.geosr")
+    monkeypatch.setattr(gb, "shipped_model_dirs", lambda: [shipped])
+    out = tmp_path / "o.tif"
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", f"dem={scene['aux']}",
+                            "--model", "tiny-t2m", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "net (network tiny-t2m, conserved)" in r.stdout
+    with rasterio.open(out) as src:
+        assert src.tags()["GEOSR_MODEL"] == "tiny-t2m"
+        assert src.tags()["GEOSR_MODEL_SHA256"] == gb.load_bundle(tiny_bundle).sha256
+    r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", f"dem={scene['aux']}",
+                            "--model", "tiny-t2", "-o", str(tmp_path / "p.tif")])
+    assert r.exit_code == 2
+    assert "--model 'tiny-t2'" in r.stderr and "one of: tiny-t2m" in r.stderr
+    assert not (tmp_path / "p.tif").exists()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known defect: the default overlap for a network is 2 x the bundle's halo_coarse, "
+    "measured from input gradients (1 cell here and for models/alps-t2m), but the "
+    "network's zero padding at tile edges reaches 3-4 coarse cells; alps-t2m differs by "
+    "~3e-2 of the field's std between --tile 128 and 512 on a synthetic Alpine scene"))
+def test_trained_like_network_does_not_depend_on_tile_size(scene, tmp_path, gain_bundle):
+    a, _ = _run(scene, tmp_path / "a.tif", model=str(gain_bundle), tile_px=128)
+    b, _ = _run(scene, tmp_path / "b.tif", model=str(gain_bundle), tile_px=512)
+    base = np.stack([upsample(c, F, "bilinear") for c in scene["coarse_arr"]])
+    if not np.std(b - base) > 0.1 * np.std(b):
+        pytest.fail("the network's own detail is too small to test tiling with")
+    assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
+
+
+def test_trained_like_network_with_enough_overlap_does_not_depend_on_tile_size(
+        scene, tmp_path, gain_bundle):
+    """Blending works once each tile has the context the network needs (--overlap)."""
+    a, _ = _run(scene, tmp_path / "a.tif", model=str(gain_bundle), tile_px=128, overlap_px=64)
+    b, _ = _run(scene, tmp_path / "b.tif", model=str(gain_bundle), tile_px=512, overlap_px=64)
+    base = np.stack([upsample(c, F, "bilinear") for c in scene["coarse_arr"]])
+    assert np.std(b - base) > 0.1 * np.std(b)  # the network's own detail is substantial
+    assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
 
 
 def test_real_bundle_aux_mismatch_exit_2(scene, tmp_path, tiny_bundle):
