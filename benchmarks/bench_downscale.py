@@ -1,14 +1,14 @@
 """Speed, memory and tiling overhead of ``geosr downscale``.
 
-Writes synthetic inputs to a temporary folder: a terrain DEM on the 500 m grid (a
+Writes synthetic inputs to a temporary folder: a terrain DEM on the 1 km grid (a
 2048^2 fractal (spectral synthesis) stretched over the area plus three octaves of value
 noise for fine relief, written window by window) and a 10 km coarse temperature field
-(lapse rate x block-mean elevation + a smooth regional gradient), factor 20. For each
+(lapse rate x block-mean elevation + a smooth regional gradient), factor 16. For each
 output size (2k^2, 8k^2 and 16k^2 px) and method, ``geosr downscale ... --json`` runs in a
 fresh process, so the peak RSS it reports (``getrusage``) belongs to that size alone.
 
-Methods: ``sharpen`` (the default without a model) and ``net`` (an untrained
-default-config Generator saved as a bundle, when geosr.bundle/geosr.nn are available).
+Methods: ``sharpen`` (the default without a model) and ``net`` (the shipped, trained
+``alps-t2m`` model: its measured halo sets the overlap, so the cost is the real one).
 The tiling overhead is the time with the default tiles over the time with one tile
 covering the whole area (``--tile`` >= the area), on an area small enough for one shot.
 
@@ -34,8 +34,8 @@ import rasterio
 from affine import Affine
 from scipy import ndimage
 
-RES = 500.0
-FACTOR = 20
+RES = 1000.0
+FACTOR = 16  # the shipped alps-t2m model's grid (16 km -> 1 km)
 LEFT, TOP = 300_000.0, 5_400_000.0
 CRS = "EPSG:32632"
 BLOCK = 2000  # generator window, a multiple of FACTOR
@@ -60,7 +60,7 @@ def _value_noise(rows: np.ndarray, cols: np.ndarray, cell: float, seed: int) -> 
 
 
 def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
-    """DEM (n x n at 500 m) and coarse field ((n/20)^2 at 10 km); reused when present."""
+    """DEM (n x n at 1 km) and coarse field ((n/16)^2 at 16 km); reused when present."""
     from geosr.sample_data import fractal_dem
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,32 +105,16 @@ def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
 
 
 def make_bundle(folder: Path) -> Path | None:
-    """An untrained default-config Generator saved as a bundle (None when unavailable)."""
-    path = folder / f"untrained_f{FACTOR}.geosr"
-    if path.exists():
-        return path
-    try:
-        import torch
+    """The shipped, trained ``alps-t2m`` model: its measured halo sets the tile overlap."""
+    from geosr.bundle import resolve_model
 
-        from geosr.bundle import AuxChannelSpec, save_bundle
-        from geosr.nn import Generator, NetConfig
-    except ImportError as e:
-        print(f"# network skipped: {e}", file=sys.stderr)
-        return None
-    torch.manual_seed(0)
-    cfg = NetConfig(factor=FACTOR, n_aux=1)
-    gen = Generator(cfg).eval()
-    norm = {"coarse": {"mean": 15.0, "std": 5.0}, "target": {"mean": 15.0, "std": 5.0}}
-    save_bundle(path, config=cfg, aux=(AuxChannelSpec("dem", mean=900.0, std=600.0),),
-                factor=FACTOR, res_m=RES, variable="t2m", units="degC", norm=norm,
-                state_dict=gen.state_dict())
-    return path
+    return resolve_model("alps-t2m")
 
 
 def run_once(coarse: Path, dem: Path, out: Path, *, method: str, model: Path | None,
              tile: int | None = None, workers: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "geosr", "downscale", str(coarse), "--aux", f"dem={dem}",
-           "-o", str(out), "--overwrite", "--json"]
+           "-o", str(out), "--overwrite", "--json", "--res", f"{RES:g}", "--factor", str(FACTOR)]
     if model is not None:
         cmd += ["--model", str(model)]
     else:

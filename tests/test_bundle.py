@@ -317,3 +317,34 @@ def test_encode_aux_one_hot_and_standardise():
     np.testing.assert_allclose(enc[0, 0, 0].numpy(), [1.0, 0.0])  # (1500-1000)/500; NaN -> 0
     np.testing.assert_allclose(enc[0, 1:, 0, 0].numpy(), [0, 1, 0])  # class 2
     np.testing.assert_allclose(enc[0, 1:, 0, 1].numpy(), [0, 0, 0])  # unknown class 7
+
+
+def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path, monkeypatch):
+    """The stored halo reproduces whole-window output; an older measurement is redone."""
+    saved, model = write_bundle(tmp_path / "m.geosr")
+    model.eval()
+    h = saved.halo_coarse
+    assert 1 <= h <= gb.full_halo(model)
+    # Crops with the stored halo reproduce the core of a wide window (the tolerance is
+    # relative to the output's std).
+    g = torch.Generator().manual_seed(5)
+    n, core = 2 * h + 8, 2
+    coarse = torch.randn(1, 1, n, n, generator=g)
+    aux = torch.randn(1, model.cfg.n_aux, n * F, n * F, generator=g)
+    with torch.no_grad():
+        full = model(coarse, aux)
+        lo, hi = n // 2 - core // 2 - h, n // 2 + core // 2 + h
+        crop = model(coarse[..., lo:hi, lo:hi], aux[..., lo * F:hi * F, lo * F:hi * F])
+    ref = full[..., (lo + h) * F:(hi - h) * F, (lo + h) * F:(hi - h) * F]
+    got = crop[..., h * F:(hi - lo - h) * F, h * F:(hi - lo - h) * F]
+    assert float((got - ref).abs().max()) <= 0.05 * float(full.std())
+    # A bundle from before the crop measurement: its halo is measured again on load.
+    payload = torch.load(tmp_path / "m.geosr", weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta.pop("halo_method")
+    meta["halo_coarse"] = 1
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "old.geosr")
+    old = load_bundle(tmp_path / "old.geosr")
+    assert old.halo_coarse == 0
+    assert gb.Predictor(old).halo_coarse == h
