@@ -727,3 +727,17 @@ def test_real_bundle_aux_mismatch_exit_2(scene, tmp_path, tiny_bundle):
                             "-o", str(tmp_path / "o.tif")])
     assert r.exit_code == 2 and "factor 8" in r.stderr
     assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_peak_memory_is_this_process_not_its_parent():
+    """`--json` peak memory: ru_maxrss would report a large parent's peak after fork/exec."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400_000_000 // 8)  # ~400 MB held by the parent while the child runs
+    code = "from geosr.cli.downscale import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert float(out) < 350, out
+    del ballast

@@ -26,7 +26,19 @@ EPILOG = """Examples:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process in MB.
+
+    On Linux, ``VmHWM`` from ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` carries
+    the parent's peak across fork and exec, so a geosr started by a large pipeline
+    process would report the parent's memory. Elsewhere ``ru_maxrss`` (macOS: bytes).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
