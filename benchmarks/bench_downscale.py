@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--overhead-size", type=int, default=2000,
                     help="area (px) for the tiled / one-shot ratio (sharpen)")
-    ap.add_argument("--overhead-size-net", type=int, default=1000,
+    ap.add_argument("--overhead-size-net", type=int, default=1024,
                     help="area (px) for the tiled / one-shot ratio (net; one tile must fit)")
     args = ap.parse_args(argv)
 
