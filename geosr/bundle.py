@@ -551,6 +551,45 @@ def measure_halo(model, *, tol: float = HALO_TOLERANCE, seeds: tuple[int, ...] =
     return min(need, radius)
 
 
+def measure_decode_halo(model, *, tol: float = 1e-4, core: int = 4, seed: int = 0) -> int:
+    """Context the fine decoder needs, in coarse cells per side, given exact features.
+
+    Like :func:`measure_halo`, but the coarse features (:meth:`Generator.encode`) come
+    from the whole window and only :meth:`Generator.decode` runs on crops. The decoder
+    is small and local, so this is usually 1-2 cells where the whole network needs 4-6.
+    """
+    import torch
+
+    cfg = model.cfg
+    f = int(cfg.factor)
+    radius = max(1, min(math.ceil((model.decode_halo_px or 4 * f) / f), HALO_MAX_CELLS))
+    n = core + 2 * radius
+    gen = torch.Generator().manual_seed(seed)
+    coarse = _smooth_noise(gen, (1, cfg.n_coarse, n, n), 2)
+    aux = (_smooth_noise(gen, (1, cfg.n_aux, n * f, n * f), f) if cfg.n_aux else None)
+    was_training = model.training
+    model.eval()
+    need = 1
+    try:
+        with torch.no_grad():
+            feats = model.encode(coarse, model.pool_aux(aux) if aux is not None else None)
+            full = model.decode(feats, coarse, aux)
+            scale = float(full.std()) or 1.0
+            ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
+            for d in range(radius, 0, -1):
+                lo, hi = radius - d, radius + core + d
+                a = aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
+                out = model.decode(feats[..., lo:hi, lo:hi], coarse[..., lo:hi, lo:hi], a)
+                got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
+                err = float((got - ref).abs().max()) / scale
+                if not (math.isfinite(err) and err <= tol):
+                    need = d + 1
+                    break
+    finally:
+        model.train(was_training)
+    return min(need, radius)
+
+
 class Predictor:
     """Runs a bundle's network on numpy arrays (the downscale engine calls this per batch).
 
@@ -577,8 +616,12 @@ class Predictor:
         self.model = _build_model(config, bundle.state_dict, where="model bundle").to(self.device)
         # Measured at save time; measured now for a bundle without a current measurement.
         self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model)
+        # With ``margin`` (see predict), only the decoder's own context is predicted.
+        self.decode_halo = (measure_decode_halo(self.model)
+                            if hasattr(self.model, "encode") else self.halo_coarse)
 
-    def predict(self, coarse: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
+    def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
+                margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
         """Downscale a batch of coarse windows.
 
         Args:
@@ -587,8 +630,14 @@ class Predictor:
                 values for categorical layers), NaN = nodata; ``A`` = the model's aux
                 layers in :attr:`aux_names` order.
 
+            margin: coarse cells (top, left, bottom, right) of the input that are context
+                only: the coarse encoder sees the whole input, the fine decoder (which
+                is most of the cost) only the inner region plus :attr:`decode_halo`
+                cells, and the result covers the inner region.
+
         Returns:
-            ``(N, h*f, w*f)`` float32 in physical units, NaN where the coarse cell is NaN.
+            ``(N, h*f, w*f)`` float32 in physical units (the inner region with a
+            ``margin``), NaN where the coarse cell is NaN.
 
         Raises:
             BundleError: ``aux`` does not match the model's aux layers.
@@ -606,10 +655,15 @@ class Predictor:
         check_aux_array(aux, self.bundle.aux, n, (h * f, w * f),
                         where=f"model ({self.bundle.variable or 'bundle'} "
                               f"{self.bundle.sha256[:8]})")
-        out = np.full((n, h * f, w * f), np.nan, dtype=np.float32)
+        top, left, bottom, right = (int(m) for m in margin)
+        if min(margin) < 0 or top + bottom >= h or left + right >= w:
+            raise InputError(f"margin {margin}: expected non-negative cells leaving an inner "
+                             f"region of the {h}x{w} coarse window")
+        ih, iw = h - top - bottom, w - left - right
+        out = np.full((n, ih * f, iw * f), np.nan, dtype=np.float32)
         if n == 0:
             return out
-        nan_coarse = ~np.isfinite(coarse)
+        nan_coarse = ~np.isfinite(coarse[:, top:h - bottom, left:w - right])
         filled = fill_coarse(coarse)
         step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
         tn = self.bundle.norm["target"]
@@ -621,9 +675,23 @@ class Predictor:
                 if self.bundle.aux:
                     ta = torch.from_numpy(aux[k:k + step]).to(self.device)
                     xa = encode_aux(ta, self.bundle.aux)
-                y = self.model(xc, xa)
+                y = self._run(xc, xa, top, left, bottom, right)
                 y = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
                 out[k:k + step] = y.cpu().numpy()
         if nan_coarse.any():
             out[np.repeat(np.repeat(nan_coarse, f, -2), f, -1)] = np.nan
         return out
+
+    def _run(self, xc, xa, top: int, left: int, bottom: int, right: int):
+        """The network on one batch; with a margin, decode only the inner region."""
+        if not (top or left or bottom or right):
+            return self.model(xc, xa)
+        m, f, d = self.model, self.factor, self.decode_halo
+        h, w = xc.shape[-2:]
+        feats = m.encode(xc, m.pool_aux(xa) if xa is not None else None)
+        t0, l0 = top - min(d, top), left - min(d, left)
+        b1, r1 = h - bottom + min(d, bottom), w - right + min(d, right)
+        a = xa[..., t0 * f:b1 * f, l0 * f:r1 * f] if xa is not None else None
+        y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a)
+        it, il = top - t0, left - l0
+        return y[..., it * f:(it + h - top - bottom) * f, il * f:(il + w - left - right) * f]

@@ -223,6 +223,9 @@ class TileJob:
         device: device string for workers that load the model themselves.
         model_conserve: the ``conserve`` given to the Predictor.
         batch: samples per network call.
+        context: coarse cells read around each tile's ``read`` window for the network's
+            coarse encoder only (the blended overlap then needs only the small fine
+            decoder's context); see :func:`context_margin`.
     """
 
     method: Method
@@ -234,6 +237,25 @@ class TileJob:
     device: str = "cpu"
     model_conserve: bool | None = None
     batch: int = 1
+    context: int = 0
+
+
+def context_margin(job: TileJob, read: Window) -> tuple[int, int, int, int]:
+    """Coarse cells (top, left, bottom, right) of encoder context around ``read``.
+
+    ``job.context`` per side, clipped to the grid; ``read`` is aligned to coarse cells.
+    """
+    f, c = job.factor, job.context
+    top, left = int(read.row_off) // f, int(read.col_off) // f
+    bottom = (job.fine.height - int(read.row_off + read.height)) // f
+    right = (job.fine.width - int(read.col_off + read.width)) // f
+    return min(c, top), min(c, left), min(c, bottom), min(c, right)
+
+
+def _expand(win: Window, margin: tuple[int, int, int, int], f: int) -> Window:
+    top, left, bottom, right = margin
+    return Window(win.col_off - left * f, win.row_off - top * f,
+                  win.width + (left + right) * f, win.height + (top + bottom) * f)
 
 
 def _open_reader(path: str, grid: Grid, resampling: Resampling | None):
@@ -319,8 +341,8 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
         auxes = []
         for tile in tiles:
             if job.aux:
-                auxes.append(np.concatenate([reader(p, r).read(tile.read, 1)
-                                             for p, r in job.aux]))
+                win = _expand(tile.read, context_margin(job, tile.read), job.factor)
+                auxes.append(np.concatenate([reader(p, r).read(win, 1) for p, r in job.aux]))
             else:
                 h, w = int(tile.read.height), int(tile.read.width)
                 auxes.append(np.zeros((0, h, w), np.float32))
@@ -337,10 +359,12 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     bands = coarse_wins[0].shape[0]
     coarse = np.concatenate(coarse_wins).astype(np.float32)
     aux = np.concatenate([np.repeat(a[None], bands, axis=0) for a in auxes]) if job.aux else None
+    margin = context_margin(job, tiles[0].read)  # tiles of one batch share their shape
     outs = []
     for k in range(0, coarse.shape[0], max(1, job.batch)):
+        kw = {"margin": margin} if any(margin) else {}
         outs.append(np.asarray(predictor.predict(
-            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch]),
+            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch], **kw),
             dtype=np.float32))
     pred = np.concatenate(outs)
     return [pred[i * bands:(i + 1) * bands] for i in range(len(tiles))]
@@ -480,12 +504,17 @@ def _band_groups(n_bands: int, per_band_bytes: int, budget_bytes: int) -> list[l
     return [list(range(b, min(b + size, n_bands))) for b in range(0, n_bands, size)]
 
 
-def _batches(plan: TilePlan, row: int, size: int) -> Iterator[list[Tile]]:
-    """Consecutive tiles of one tile row with the same read shape, ``size`` at most."""
+def _batches(plan: TilePlan, row: int, size: int,
+             key: Callable[[Tile], Any] | None = None) -> Iterator[list[Tile]]:
+    """Consecutive tiles of one tile row with the same read shape (and ``key``), ``size``
+    at most."""
     batch: list[Tile] = []
+
+    def shape(t: Tile) -> tuple:
+        return (t.read.height, t.read.width, key(t) if key else None)
+
     for tile in plan.row_tiles(row):
-        shape = (tile.read.height, tile.read.width)
-        if batch and (len(batch) >= size or (batch[0].read.height, batch[0].read.width) != shape):
+        if batch and (len(batch) >= size or shape(batch[0]) != shape(tile)):
             yield batch
             batch = []
         batch.append(tile)
@@ -658,10 +687,13 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         if cfg.overlap_px is not None:
             overlap_px = cfg.overlap_px
         elif predictor is not None:
-            # 1.5x the measured halo: the raised-cosine weights of the outer half of the
-            # overlap are small, so the context missing there stays far below 1e-3 of the
-            # field's std (tests/test_downscale.py checks tile-size invariance).
-            overlap_px = math.ceil(1.5 * max(1, predictor.halo_coarse)) * f
+            # The coarse encoder gets the network's whole measured halo as extra context
+            # (TileJob.context, cheap at coarse resolution); the blended overlap only
+            # covers the fine decoder's halo, which is most of the cost per pixel
+            # (tests/test_downscale.py checks tile-size invariance).
+            dec = getattr(predictor, "decode_halo", None)
+            overlap_px = (max(1, dec) * f if dec is not None
+                          else math.ceil(1.5 * max(1, predictor.halo_coarse)) * f)
         else:
             overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
@@ -697,6 +729,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                     model_path=str(model_path) if model_path else None,
                     device=str(cfg.device) if cfg.scheduler else str(device),
                     model_conserve=cfg.conserve, batch=max(1, tile_batch),
+                    context=(predictor.halo_coarse if getattr(predictor, "decode_halo", None)
+                             is not None else 0),
                 )
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
                          "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,
@@ -889,7 +923,8 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     stitch = RowStitcher(plan, bands=len(group))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
-    for tiles, preds in _ordered(engine, _tile_items(plan, filled, tile_batch), job, predictor):
+    items = _tile_items(plan, filled, tile_batch, job)
+    for tiles, preds in _ordered(engine, items, job, predictor):
         for tile, pred in zip(tiles, preds, strict=True):
             stitch.add(tile, pred)
         done += len(tiles)
@@ -901,12 +936,13 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     return done
 
 
-def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int) -> Iterator[tuple]:
+def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int,
+                job: TileJob) -> Iterator[tuple]:
     for i in range(plan.rows.count):
-        for tiles in _batches(plan, i, tile_batch):
+        for tiles in _batches(plan, i, tile_batch, lambda t: context_margin(job, t.read)):
             wins = []
             for t in tiles:
-                c = plan.coarse(t.read)
+                c = plan.coarse(_expand(t.read, context_margin(job, t.read), plan.factor))
                 wins.append(np.ascontiguousarray(
                     coarse[:, c.row_off:c.row_off + c.height, c.col_off:c.col_off + c.width]))
             yield tiles, wins

@@ -348,3 +348,27 @@ def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path,
     old = load_bundle(tmp_path / "old.geosr")
     assert old.halo_coarse == 0
     assert gb.Predictor(old).halo_coarse == h
+
+
+def test_predict_with_context_margin_matches_the_whole_window(tmp_path):
+    """``margin``: the encoder sees the context, the decoder only the inner region."""
+    saved, _ = write_bundle(tmp_path / "m.geosr")
+    p = gb.Predictor(load_bundle(tmp_path / "m.geosr"))
+    assert 1 <= p.decode_halo <= gb.full_halo(p.model)
+    rng = np.random.default_rng(3)
+    h = w = 4 * p.halo_coarse + 6
+    coarse = rng.normal(10, 3, (2, h, w)).astype(np.float32)
+    dem = rng.normal(500, 100, (2, 1, h * F, w * F))
+    lc = rng.choice([1.0, 2.0, 5.0], (2, 1, h * F, w * F))  # AUX: dem, lc (classes 1, 2, 5)
+    aux = np.concatenate([dem, lc], axis=1).astype(np.float32)
+    m = (p.halo_coarse, p.halo_coarse + 1, p.halo_coarse, 0)
+    whole = p.predict(coarse, aux)
+    part = p.predict(coarse, aux, margin=m)
+    ref = whole[:, m[0] * F:(h - m[2]) * F, m[1] * F:(w - m[3]) * F]
+    assert part.shape == ref.shape
+    # The inner region, away from its own edges, equals the whole-window prediction.
+    k = p.halo_coarse * F
+    inner = (slice(None), slice(k, -k), slice(k, -k))
+    assert np.abs(part[inner] - ref[inner]).max() <= 1e-3 * whole.std()
+    with pytest.raises(Exception, match="margin"):
+        p.predict(coarse, aux, margin=(h, 0, 0, 0))
