@@ -122,6 +122,8 @@ class Bundle:
         state_dict: the generator's weights.
         halo_coarse: measured context (coarse cells per side) a tile needs; 0 = unknown
             (see :func:`measure_halo`).
+        decode_halo: measured context of the fine decoder alone; 0 = unknown (see
+            :func:`measure_decode_halo`).
     """
 
     config: NetConfig
@@ -136,6 +138,7 @@ class Bundle:
     sha256: str
     state_dict: dict = field(repr=False, compare=False)
     halo_coarse: int = 0
+    decode_halo: int = 0
 
     @property
     def aux_names(self) -> tuple[str, ...]:
@@ -234,12 +237,14 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     aux = tuple(aux)
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     sha = content_hash(state, _hash_fields(config, aux, factor, res_m, norm))
-    halo = measure_halo(_build_model(config, state, where=str(path)))
+    model = _build_model(config, state, where=str(path))
+    halo, decode_halo = measure_halo(model), measure_decode_halo(model)
     meta = {
         **_hash_fields(config, aux, factor, res_m, norm),
         "variable": variable, "units": units, "training": training or {},
         "geosr_version": __version__, "sha256": sha,
-        "channels": channel_layout(aux), "halo_coarse": halo, "halo_method": HALO_METHOD,
+        "channels": channel_layout(aux), "halo_coarse": halo,
+        "decode_halo": decode_halo, "halo_method": HALO_METHOD,
     }
     try:
         meta_json = json.dumps(meta, default=_json_default, allow_nan=True)
@@ -251,7 +256,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         torch.save(payload, tmp)
     return Bundle(config=config, aux=aux, factor=int(factor), res_m=float(res_m),
                   variable=variable, units=units, norm=norm, training=dict(training or {}),
-                  geosr_version=__version__, sha256=sha, state_dict=state, halo_coarse=halo)
+                  geosr_version=__version__, sha256=sha, state_dict=state, halo_coarse=halo,
+                  decode_halo=decode_halo)
 
 
 def config_from_dict(d: dict, *, where: str) -> NetConfig:
@@ -309,9 +315,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                         training=dict(meta.get("training", {})),
                         geosr_version=str(meta.get("geosr_version", "")),
                         sha256=str(meta["sha256"]), state_dict=state,
-                        # A halo from an older measurement is re-measured by the Predictor.
-                        halo_coarse=int(meta.get("halo_coarse", 0))
-                        if meta.get("halo_method") == HALO_METHOD else 0)
+                        **_stored_halos(meta))
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
@@ -499,8 +503,64 @@ def _smooth_noise(gen, shape: tuple[int, ...], k: int):
     return x / x.std().clamp_min(1e-12)
 
 
-def measure_halo(model, *, tol: float = HALO_TOLERANCE, seeds: tuple[int, ...] = (0,),
-                 core: int = 4) -> int:
+def _stored_halos(meta: dict) -> dict[str, int]:
+    """The halos a bundle records; 0 (measure again) when written by another method."""
+    current = meta.get("halo_method") == HALO_METHOD
+    return {k: int(meta.get(k, 0)) if current else 0 for k in ("halo_coarse", "decode_halo")}
+
+
+def _probe(cfg, n: int, seed: int):
+    """Smooth random coarse field and aux, ``n`` coarse cells square, standardised units."""
+    import torch
+
+    f = int(cfg.factor)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, cfg.n_coarse, n, n)
+    coarse = _smooth_noise(gen, shape, 2) + 0.3 * torch.randn(*shape, generator=gen)
+    aux = None
+    if cfg.n_aux:
+        fine = (1, cfg.n_aux, n * f, n * f)
+        aux = _smooth_noise(gen, fine, f) + 0.3 * _smooth_noise(gen, fine, 1)
+    return coarse, aux
+
+
+def _context_needed(model, run, radius: int, core: int, tol: float, seed: int) -> int:
+    """Smallest context ``d`` (coarse cells per side) such that ``run`` on every crop
+    with ``d`` or more cells around a ``core`` reproduces the whole window's core within
+    ``tol`` of the output's std.
+
+    ``run(coarse, aux, lo, hi)`` predicts the crop of coarse cells ``lo:hi`` (both axes)
+    of the probe window ``coarse``/``aux``.
+    """
+    import torch
+
+    f = int(model.cfg.factor)
+    n = core + 2 * radius
+    coarse, aux = _probe(model.cfg, n, seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = run(coarse, aux, 0, n)
+            scale = float(full.std()) or 1.0
+            ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
+            # From the widest context down: the first crop that misses is the answer.
+            for d in range(radius, 0, -1):
+                out = run(coarse, aux, radius - d, radius + core + d)
+                got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
+                err = float((got - ref).abs().max()) / scale
+                if not (math.isfinite(err) and err <= tol):
+                    return min(d + 1, radius)
+    finally:
+        model.train(was_training)
+    return 1
+
+
+def _crop(aux, lo: int, hi: int, f: int):
+    return aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
+
+
+def measure_halo(model, *, tol: float = HALO_TOLERANCE, core: int = 4, seed: int = 0) -> int:
     """Context a tile needs, in coarse cells per side, measured on the trained weights.
 
     The architecture's receptive field (:attr:`Generator.halo_px`) is an upper bound of
@@ -511,44 +571,15 @@ def measure_halo(model, *, tol: float = HALO_TOLERANCE, seeds: tuple[int, ...] =
     reproduces the core within ``tol`` of the output's standard deviation. (Input
     gradients were tried first: they miss the collective effect of padding on the
     windowed attention statistics, and underestimate the halo by 3-4 cells.) The
-    downscale engine uses 1.5 times this as its overlap, so blending weights keep the
-    remaining difference far below ``tol``.
+    downscale engine gives each tile this much context for the network's coarse
+    encoder (see :meth:`Predictor.predict`'s ``margin``).
     """
-    import torch
+    f = int(model.cfg.factor)
 
-    cfg = model.cfg
-    f = int(cfg.factor)
-    radius = min(full_halo(model), HALO_MAX_CELLS)
-    n = core + 2 * radius
-    was_training = model.training
-    model.eval()
-    need = 1
-    try:
-        with torch.no_grad():
-            for seed in seeds:
-                gen = torch.Generator().manual_seed(seed)
-                shape = (1, cfg.n_coarse, n, n)
-                coarse = _smooth_noise(gen, shape, 2) + 0.3 * torch.randn(*shape, generator=gen)
-                aux = None
-                if cfg.n_aux:
-                    fine = (1, cfg.n_aux, n * f, n * f)
-                    aux = _smooth_noise(gen, fine, f) + 0.3 * _smooth_noise(gen, fine, 1)
-                full = model(coarse, aux)
-                scale = float(full.std()) or 1.0
-                ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
-                # From the widest context down: the first crop that misses is the answer.
-                for d in range(radius, 0, -1):
-                    lo, hi = radius - d, radius + core + d
-                    a = aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
-                    out = model(coarse[..., lo:hi, lo:hi], a)
-                    got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
-                    err = float((got - ref).abs().max()) / scale
-                    if not (math.isfinite(err) and err <= tol):
-                        need = max(need, d + 1)
-                        break
-    finally:
-        model.train(was_training)
-    return min(need, radius)
+    def run(coarse, aux, lo, hi):
+        return model(coarse[..., lo:hi, lo:hi], _crop(aux, lo, hi, f))
+
+    return _context_needed(model, run, min(full_halo(model), HALO_MAX_CELLS), core, tol, seed)
 
 
 def measure_decode_halo(model, *, tol: float = 1e-4, core: int = 4, seed: int = 0) -> int:
@@ -556,38 +587,20 @@ def measure_decode_halo(model, *, tol: float = 1e-4, core: int = 4, seed: int = 
 
     Like :func:`measure_halo`, but the coarse features (:meth:`Generator.encode`) come
     from the whole window and only :meth:`Generator.decode` runs on crops. The decoder
-    is small and local, so this is usually 1-2 cells where the whole network needs 4-6.
+    is small and local, so this is usually 1-2 cells where the whole network needs 4-6;
+    it is what the downscale engine blends across tiles.
     """
-    import torch
+    f = int(model.cfg.factor)
+    feats = {}
 
-    cfg = model.cfg
-    f = int(cfg.factor)
+    def run(coarse, aux, lo, hi):
+        if "all" not in feats:  # the probe window is the same for every crop
+            feats["all"] = model.encode(coarse, model.pool_aux(aux) if aux is not None else None)
+        return model.decode(feats["all"][..., lo:hi, lo:hi], coarse[..., lo:hi, lo:hi],
+                            _crop(aux, lo, hi, f))
+
     radius = max(1, min(math.ceil((model.decode_halo_px or 4 * f) / f), HALO_MAX_CELLS))
-    n = core + 2 * radius
-    gen = torch.Generator().manual_seed(seed)
-    coarse = _smooth_noise(gen, (1, cfg.n_coarse, n, n), 2)
-    aux = (_smooth_noise(gen, (1, cfg.n_aux, n * f, n * f), f) if cfg.n_aux else None)
-    was_training = model.training
-    model.eval()
-    need = 1
-    try:
-        with torch.no_grad():
-            feats = model.encode(coarse, model.pool_aux(aux) if aux is not None else None)
-            full = model.decode(feats, coarse, aux)
-            scale = float(full.std()) or 1.0
-            ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
-            for d in range(radius, 0, -1):
-                lo, hi = radius - d, radius + core + d
-                a = aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
-                out = model.decode(feats[..., lo:hi, lo:hi], coarse[..., lo:hi, lo:hi], a)
-                got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
-                err = float((got - ref).abs().max()) / scale
-                if not (math.isfinite(err) and err <= tol):
-                    need = d + 1
-                    break
-    finally:
-        model.train(was_training)
-    return min(need, radius)
+    return _context_needed(model, run, radius, core, tol, seed)
 
 
 class Predictor:
@@ -615,10 +628,9 @@ class Predictor:
         self.conserve = bool(getattr(config, "conserve", False))
         self.model = _build_model(config, bundle.state_dict, where="model bundle").to(self.device)
         # Measured at save time; measured now for a bundle without a current measurement.
+        # halo_coarse: context for the coarse encoder; decode_halo: what tiles blend over.
         self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model)
-        # With ``margin`` (see predict), only the decoder's own context is predicted.
-        self.decode_halo = (measure_decode_halo(self.model)
-                            if hasattr(self.model, "encode") else self.halo_coarse)
+        self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
 
     def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
                 margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:

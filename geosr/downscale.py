@@ -362,10 +362,9 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     margin = context_margin(job, tiles[0].read)  # tiles of one batch share their shape
     outs = []
     for k in range(0, coarse.shape[0], max(1, job.batch)):
-        kw = {"margin": margin} if any(margin) else {}
         outs.append(np.asarray(predictor.predict(
-            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch], **kw),
-            dtype=np.float32))
+            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch],
+            margin=margin), dtype=np.float32))
     pred = np.concatenate(outs)
     return [pred[i * bands:(i + 1) * bands] for i in range(len(tiles))]
 
@@ -691,9 +690,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             # (TileJob.context, cheap at coarse resolution); the blended overlap only
             # covers the fine decoder's halo, which is most of the cost per pixel
             # (tests/test_downscale.py checks tile-size invariance).
-            dec = getattr(predictor, "decode_halo", None)
-            overlap_px = (max(1, dec) * f if dec is not None
-                          else math.ceil(1.5 * max(1, predictor.halo_coarse)) * f)
+            overlap_px = max(1, predictor.decode_halo) * f
         else:
             overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
@@ -729,8 +726,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                     model_path=str(model_path) if model_path else None,
                     device=str(cfg.device) if cfg.scheduler else str(device),
                     model_conserve=cfg.conserve, batch=max(1, tile_batch),
-                    context=(predictor.halo_coarse if getattr(predictor, "decode_halo", None)
-                             is not None else 0),
+                    context=predictor.halo_coarse if predictor is not None else 0,
                 )
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
                          "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,

@@ -23,7 +23,7 @@ from geosr.bundle import (
     save_bundle,
 )
 from geosr.cli import app
-from geosr.errors import BundleError, OutputExistsError
+from geosr.errors import BundleError, InputError, OutputExistsError
 from geosr.nn import Generator, NetConfig
 
 F = 4
@@ -346,8 +346,9 @@ def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path,
     payload["meta"] = json.dumps(meta)
     torch.save(payload, tmp_path / "old.geosr")
     old = load_bundle(tmp_path / "old.geosr")
-    assert old.halo_coarse == 0
-    assert gb.Predictor(old).halo_coarse == h
+    assert old.halo_coarse == 0 and old.decode_halo == 0
+    p = gb.Predictor(old)
+    assert p.halo_coarse == h and p.decode_halo == saved.decode_halo >= 1
 
 
 def test_predict_with_context_margin_matches_the_whole_window(tmp_path):
@@ -370,5 +371,5 @@ def test_predict_with_context_margin_matches_the_whole_window(tmp_path):
     k = p.halo_coarse * F
     inner = (slice(None), slice(k, -k), slice(k, -k))
     assert np.abs(part[inner] - ref[inner]).max() <= 1e-3 * whole.std()
-    with pytest.raises(Exception, match="margin"):
+    with pytest.raises(InputError, match="margin"):
         p.predict(coarse, aux, margin=(h, 0, 0, 0))

@@ -107,15 +107,21 @@ def _reference(scene, tmp_path) -> np.ndarray:
         return src.read()
 
 
-def test_sigkill_mid_write_leaves_only_tagged_temporaries(scene, tmp_path):
+def _interrupt_downscale(scene, tmp_path, sig: int):
+    """A downscale into ``tmp_path/out`` sent ``sig`` a few tiles into its stage file."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "t2m_1km.tif"
     proc = _start(_downscale_args(scene, out), tmp_path, delay=0.1)
     _wait_for(lambda: bool(_temps(out_dir)), proc)
     time.sleep(0.3)  # a few tiles into the stage file
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc, err, out_dir, out
+
+
+def test_sigkill_mid_write_leaves_only_tagged_temporaries(scene, tmp_path):
+    proc, _, out_dir, out = _interrupt_downscale(scene, tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     left = [p for p in out_dir.iterdir()]
@@ -134,14 +140,7 @@ def test_sigkill_mid_write_leaves_only_tagged_temporaries(scene, tmp_path):
 
 
 def test_sigint_mid_write_removes_the_temporaries(scene, tmp_path):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "t2m_1km.tif"
-    proc = _start(_downscale_args(scene, out), tmp_path, delay=0.1)
-    _wait_for(lambda: bool(_temps(out_dir)), proc)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc, err, out_dir, out = _interrupt_downscale(scene, tmp_path, signal.SIGINT)
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["geosr downscale: interrupted; no partial output was kept"], err
