@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geosr.errors import GridError
 from geosr.grid import (
+    MAX_FACTOR,
+    MIN_FACTOR,
     Bounds,
     Grid,
     check_factor,
     check_res,
     choose_crs,
+    crs_string,
     derive_factor,
     footprint,
+    in_metres,
     intersect,
     native_cell_m,
     overlap_fraction,
@@ -34,34 +40,43 @@ from geosr.manifest import LayerStats
 
 log = logging.getLogger(__name__)
 
+_EPS = 1e-6  # of a cell: edges closer than this to a cell edge are on it
+
 
 def plan_grids(ref: RasterInfo, *, res_m: float = 500.0, factor: int | None = None,
                crs: str | None = None, bounds: Bounds | None = None,
-               ref_is_coarse: bool = True) -> tuple[Grid, Grid]:
+               ref_is_coarse: bool = True, aux: Sequence[RasterInfo] = (),
+               clip_to_aux: bool = False, factor_from: str = "--factor") -> tuple[Grid, Grid]:
     """Plan the fine grid and its coarse twin around a reference raster.
+
+    A coarse input whose own grid can be the coarse grid keeps it (:func:`native_coarse`):
+    its cells are the coarse cells, so no coarse value is resampled and conservation holds
+    against the user's own cells. Otherwise the coarse grid is snapped to multiples of
+    the coarse cell in the grid CRS (:func:`geosr.grid.snap_grid`) and the input is
+    resampled onto it, area-weighted; a warning says so and why.
 
     Args:
         ref: the reference raster (the coarse input, or the fine target without one).
         res_m: fine resolution in metres.
         factor: coarse/fine ratio; derived from ``ref``'s native cell size when None
             and ``ref_is_coarse``.
-        crs: user CRS for the grids (projected, metres); default from ``ref``.
+        crs: user CRS for the grids (projected, metres); default from ``ref``, else from
+            the first projected ``aux``.
         bounds: (left, bottom, right, top) in the grid CRS to restrict the area.
         ref_is_coarse: whether ``ref`` is a coarse input (else a fine target).
+        aux: aux rasters: a projected one gives the CRS for a geographic ``ref``.
+        clip_to_aux: limit the area to where every aux covers ``ref`` (with a warning
+            when that drops part of ``ref``).
+        factor_from: what fixed ``factor`` (``--factor`` or a model), for messages.
 
     Returns:
         (fine grid, coarse grid).
     """
     res_m = check_res(res_m)
-    dst_crs = choose_crs(ref.crs, ref.bounds, crs)
+    if factor is not None:
+        factor = check_factor(factor)
+    dst_crs = grid_crs(ref, aux, crs)
     area = footprint(ref.crs, ref.bounds, dst_crs)
-    if factor is None:
-        if not ref_is_coarse:
-            raise GridError("--factor is required when no coarse input is given (the coarse "
-                            "grid is then made from the target); e.g. --factor 20")
-        factor = derive_factor(native_cell_m(ref.crs, ref.bounds, ref.width, ref.height, dst_crs),
-                               res_m)
-    factor = check_factor(factor)
     if bounds is not None:
         clipped = intersect(area, tuple(bounds))
         if clipped is None:
@@ -69,8 +84,119 @@ def plan_grids(ref: RasterInfo, *, res_m: float = 500.0, factor: int | None = No
                             f"in {dst_crs} is {tuple(round(v) for v in area)}); expected bounds "
                             "in the grid CRS that overlap the input")
         area = clipped
+    if clip_to_aux:
+        area = _clip_to_aux(ref, area, aux, dst_crs)
+    native = native_coarse(ref, dst_crs, res_m) if ref_is_coarse else None
+    reason = _why_resampled(ref, dst_crs, res_m) if ref_is_coarse and native is None else ""
+    if native is not None and factor is not None and native[1] != factor:
+        reason = (f"its cells of {native[1] * res_m:g} m differ from {factor_from} "
+                  f"{factor} x {res_m:g} m = {factor * res_m:g} m")
+        native = None
+    if native is not None:
+        coarse = _clip_native(native[0], area)
+        return coarse.refine(native[1]), coarse
+    if factor is None:
+        if not ref_is_coarse:
+            raise GridError("--factor is required when no coarse input is given (the coarse "
+                            "grid is then made from the target); e.g. --factor 20")
+        factor = derive_factor(native_cell_m(ref.crs, ref.bounds, ref.width, ref.height, dst_crs),
+                               res_m)
+    factor = check_factor(factor)
+    if reason:
+        log.warning("COARSE %s: %s; it is resampled (area-weighted) onto %g m cells in %s",
+                    ref.path, reason, factor * res_m, _crs_label(dst_crs))
     fine = snap_grid(area, crs=dst_crs, res_m=res_m, factor=factor)
     return fine, fine.coarsen(factor)
+
+
+def grid_crs(ref: RasterInfo, aux: Sequence[RasterInfo], user_crs: str | None) -> str:
+    """``--crs``; else ``ref``'s if projected; else a projected aux's; else a local UTM."""
+    if user_crs is None and not CRS.from_user_input(ref.crs).is_projected:
+        for a in aux:
+            acrs = CRS.from_user_input(a.crs)
+            if acrs.is_projected and in_metres(acrs):
+                log.info("%s is geographic; the grid takes the CRS of --aux %s (%s)", ref.path,
+                         a.path, _crs_label(a.crs))
+                return choose_crs(a.crs, a.bounds)
+    return choose_crs(ref.crs, ref.bounds, user_crs)
+
+
+def _crs_label(crs: str) -> str:
+    c = CRS.from_user_input(crs)
+    epsg = c.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (c.name or "a custom CRS")
+
+
+def native_coarse(ref: RasterInfo, dst_crs: str, res_m: float) -> tuple[Grid, int] | None:
+    """The input's own grid as the coarse grid, and its factor, when it can be one.
+
+    That is when the input is in the grid CRS, not rotated (north-up or south-up), with
+    square cells that are a whole multiple (to 1e-6) of ``res_m``, from 2 to 64 times.
+    The grid is north-up, on the input's cell edges; its cell is exactly
+    ``factor * res_m`` (a file's 11999.99999995 m is 12 km).
+    """
+    if ref.transform is None or ref.rotated:
+        return None
+    if CRS.from_user_input(ref.crs) != CRS.from_user_input(dst_crs):
+        return None
+    cx, cy = ref.res
+    if not math.isclose(cx, cy, rel_tol=1e-6):
+        return None
+    k = cx / res_m
+    factor = round(k)
+    if not MIN_FACTOR <= factor <= MAX_FACTOR or abs(k - factor) > 1e-6 * k:
+        return None
+    left, _, _, top = ref.bounds
+    cell = factor * res_m
+    grid = Grid(crs_string(dst_crs), Affine(cell, 0.0, left, 0.0, -cell, top), ref.width,
+                ref.height)
+    return grid, factor
+
+
+def _why_resampled(ref: RasterInfo, dst_crs: str, res_m: float) -> str:
+    """Why a coarse input cannot keep its own grid ('' when it can)."""
+    src = CRS.from_user_input(ref.crs)
+    if src.is_geographic:
+        return "its grid is in longitude/latitude"
+    if src != CRS.from_user_input(dst_crs):
+        return f"its CRS differs from the grid's ({_crs_label(dst_crs)})"
+    if ref.rotated:
+        return "its grid is rotated"
+    if not math.isclose(ref.res[0], ref.res[1], rel_tol=1e-6):
+        return f"its cells are not square ({ref.res[0]:g} x {ref.res[1]:g} m)"
+    return (f"its {ref.res[0]:g} m cells are not a whole multiple (2-64) of --res "
+            f"{res_m:g} m")
+
+
+def _clip_native(grid: Grid, area: Bounds) -> Grid:
+    """The whole cells of ``grid`` that meet ``area`` (same CRS)."""
+    left, bottom, right, top = grid.bounds
+    cell = grid.res
+    c0 = max(0, math.floor((area[0] - left) / cell + _EPS))
+    c1 = min(grid.width, math.ceil((area[2] - left) / cell - _EPS))
+    r0 = max(0, math.floor((top - area[3]) / cell + _EPS))
+    r1 = min(grid.height, math.ceil((top - area[1]) / cell - _EPS))
+    if c1 <= c0 or r1 <= r0:
+        raise GridError(f"the area {tuple(round(v) for v in area)} holds no whole coarse cell "
+                        "of the input; expected a larger area")
+    return grid.subgrid(Window(c0, r0, c1 - c0, r1 - r0))
+
+
+def _clip_to_aux(ref: RasterInfo, area: Bounds, aux: Sequence[RasterInfo], crs: str) -> Bounds:
+    """``area`` limited to the aux footprints, with a warning when that drops much of it."""
+    clipped = area
+    for a in aux:
+        inter = intersect(clipped, footprint(a.crs, a.bounds, crs))
+        if inter is None:
+            return area  # no overlap: check_coverage names the layer
+        clipped = inter
+    kept = overlap_fraction(area, clipped)
+    if kept < 0.99:
+        names = " and ".join(a.path for a in aux
+                             if overlap_fraction(area, footprint(a.crs, a.bounds, crs)) < 0.99)
+        log.warning("--aux %s covers %.0f%% of COARSE %s; the output covers only where both "
+                    "have data (pass --bounds to choose the area)", names, 100 * kept, ref.path)
+    return clipped
 
 
 def check_coverage(info: RasterInfo, grid: Grid, *, option: str,
@@ -99,9 +225,7 @@ def check_coverage(info: RasterInfo, grid: Grid, *, option: str,
 
 def is_aligned(info: RasterInfo, grid: Grid) -> bool:
     """True when the source pixels coincide with the grid's (same CRS, res and phase)."""
-    from rasterio.crs import CRS
-
-    if CRS.from_user_input(info.crs) != grid.rio_crs:
+    if not info.north_up or CRS.from_user_input(info.crs) != grid.rio_crs:
         return False
     if not (math.isclose(info.res[0], grid.res, rel_tol=1e-9) and
             math.isclose(info.res[1], grid.res, rel_tol=1e-9)):

@@ -41,9 +41,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geosr import __version__
-from geosr.align import check_coverage, is_aligned, plan_grids, resampling_for
+from geosr.align import check_coverage, grid_crs, is_aligned, plan_grids, resampling_for
 from geosr.errors import BundleError, GridError, InputError, ProcessingError
-from geosr.grid import Grid, footprint
+from geosr.grid import Bounds, Grid, footprint, native_cell_m
 from geosr.io import (
     TMP_TAG,
     AlignedReader,
@@ -52,6 +52,7 @@ from geosr.io import (
     atomic_path,
     check_output_file,
     check_written,
+    container_file,
     gdal_env,
     open_stream_writer,
     raster_info,
@@ -114,7 +115,10 @@ class DownscaleConfig:
             ``sharpen``.
         res_m: fine resolution in metres (default: the model's, else 500).
         factor: coarse/fine factor (default: the model's, else from the input cell size).
-        crs: projected CRS of the grids (default: the input's, or a local UTM zone).
+        crs: projected CRS of the grids (default: the input's if projected, else a
+            projected aux's, else a local UTM zone).
+        bounds: (left, bottom, right, top) in the grid CRS; default: where the input and
+            every aux have data.
         tile_px: core tile size in fine pixels (rounded to whole coarse cells).
         overlap_px: context per tile side in fine pixels (default from the method).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -137,6 +141,7 @@ class DownscaleConfig:
     res_m: float | None = None
     factor: int | None = None
     crs: str | None = None
+    bounds: Bounds | None = None
     tile_px: int | None = None
     overlap_px: int | None = None
     device: str = "auto"
@@ -453,10 +458,7 @@ def _default_output(path: str, res_m: float, out_dir: Path | None) -> Path:
     name = f"{layer_name_from_path(path)}_{res_m:g}m.tif"
     if out_dir is not None:
         return Path(out_dir) / name
-    file_part = path
-    if ":" in path and path.split(":", 1)[0].isupper() and not Path(path).exists():
-        file_part = path.split(":")[1].strip('"')  # NETCDF:"file.nc":var
-    return Path(file_part).parent / name
+    return Path(container_file(path)).parent / name  # NETCDF:"file.nc":var -> beside file.nc
 
 
 def match_aux(specs: Sequence[LayerSpec], expected: Sequence[str], *, model: str,
@@ -658,7 +660,12 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     grids = []
     for info in infos:
-        fine, coarse = plan_grids(info, res_m=res_m, factor=factor, crs=cfg.crs)
+        if bundle is not None:
+            _check_model_cell(info, aux_infos, cfg, factor, res_m)
+        fine, coarse = plan_grids(
+            info, res_m=res_m, factor=factor, crs=cfg.crs, bounds=cfg.bounds, aux=aux_infos,
+            clip_to_aux=cfg.bounds is None,
+            factor_from=f"model {cfg.model}'s" if bundle is not None else "--factor")
         # Coverage relative to the input's footprint, not to the grid snapped around it.
         area = footprint(info.crs, info.bounds, fine.crs)
         check_coverage(info, coarse, option="COARSE", area=area)
@@ -797,6 +804,26 @@ def _resolve_scale(cfg: DownscaleConfig, bundle) -> tuple[int | None, float]:
     return int(bundle.factor), res_m
 
 
+MODEL_CELL_RATIO_MAX = 2.0
+"""Input cells more than this many times larger (or smaller) than a model's coarse cell
+are refused: the network would see a field whose detail it was never trained on."""
+
+
+def _check_model_cell(info: RasterInfo, aux_infos: Sequence[RasterInfo], cfg: DownscaleConfig,
+                      factor: int, res_m: float) -> None:
+    """Refuse an input whose cells are far from the model's coarse cell (a smaller
+    difference is resampled with a warning by :func:`plan_grids`)."""
+    crs = grid_crs(info, aux_infos, cfg.crs)
+    cell = native_cell_m(info.crs, info.bounds, info.width, info.height, crs)
+    want = factor * res_m
+    ratio = cell / want
+    if not 1 / MODEL_CELL_RATIO_MAX <= ratio <= MODEL_CELL_RATIO_MAX:
+        raise BundleError(f"COARSE {info.path}: cells of about {cell:.0f} m, but model "
+                          f"{cfg.model} works on {factor} x {res_m:g} m = {want:g} m cells "
+                          f"({ratio:.2f}x); expected input at about {want / 1000:g} km, or a "
+                          "model trained for this cell size")
+
+
 def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpec, ...]:
     if bundle is not None:
         specs = getattr(bundle, "aux", None)
@@ -847,10 +874,9 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             for s, (_, r) in zip(aux, job.aux, strict=True)])
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
-        else layer_name_from_path(info.path)
+        else info.variable or layer_name_from_path(info.path)
     units_default = getattr(bundle, "units", "") if bundle is not None else ""
-    descriptions = [info.descriptions[b] if b < len(info.descriptions) and info.descriptions[b]
-                    else variable for b in range(n_bands)]
+    descriptions = [_band_description(info, b, variable) for b in range(n_bands)]
     units = [info.units[b] if b < len(info.units) and info.units[b] else units_default
              for b in range(n_bands)]
 
@@ -892,6 +918,14 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             for path in (tmp_tif, Path(f"{tmp_tif}.aux.xml")):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _band_description(info: RasterInfo, band: int, variable: str) -> str:
+    """The input band's description, else the variable and the band's date."""
+    if band < len(info.descriptions) and info.descriptions[band]:
+        return info.descriptions[band]
+    date = info.dates[band] if band < len(info.dates) else ""
+    return f"{variable} {date}" if date else variable
 
 
 def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predictor, dst,

@@ -124,6 +124,8 @@ class Grid:
 def crs_string(crs: CRS | str) -> str:
     """A compact, round-trippable CRS string: ``EPSG:nnnn`` when exact, else WKT."""
     crs = CRS.from_user_input(crs)
+    if "lon_wrap" in (crs.to_proj4() or ""):
+        return crs.to_wkt()  # EPSG:4326 would drop the wrap; GDAL's WKT keeps it
     epsg = crs.to_epsg(confidence_threshold=100)
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
@@ -170,15 +172,18 @@ def choose_crs(src_crs: CRS | str, src_bounds: Bounds, user_crs: str | None = No
         if not crs.is_projected:
             raise GridError(f"--crs {user_crs!r} is geographic; expected a projected CRS in "
                             "metres (e.g. a UTM zone or EPSG:3035)")
-        if not _in_metres(crs):
+        if not in_metres(crs):
             raise GridError(f"--crs {user_crs!r} does not use metres; expected a projected "
                             "CRS in metres")
         return crs_string(crs)
     src = CRS.from_user_input(src_crs)
-    if src.is_projected and _in_metres(src):
+    if src.is_projected and in_metres(src):
         return crs_string(src)
-    lon_lat = transform_bounds(src, "EPSG:4326", *src_bounds, densify_pts=21)
-    lon = (lon_lat[0] + lon_lat[2]) / 2
+    if src.is_geographic:  # 0..360 and antimeridian-crossing extents stay in one piece
+        lon_lat = src_bounds
+    else:
+        lon_lat = transform_bounds(src, "EPSG:4326", *src_bounds, densify_pts=21)
+    lon = ((lon_lat[0] + lon_lat[2]) / 2 + 180.0) % 360.0 - 180.0
     lat = (lon_lat[1] + lon_lat[3]) / 2
     if -80 <= lat <= 84:
         infos = query_utm_crs_info(
@@ -194,7 +199,7 @@ def choose_crs(src_crs: CRS | str, src_bounds: Bounds, user_crs: str | None = No
     return laea.to_wkt()
 
 
-def _in_metres(crs: CRS) -> bool:
+def in_metres(crs: CRS) -> bool:
     try:
         units = (crs.linear_units or "").lower()
     except Exception:  # pragma: no cover - exotic CRS

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import rasterio.shutil
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -52,16 +53,49 @@ _DATE_KEYS = ("DATE_TIME", "NETCDF_DIM_time", "NETCDF_DIM_valid_time", "time", "
               "DATE")
 
 
+_WARNED_LONLAT: set[str] = set()
+
+
 def _assumed_lonlat(src: rasterio.DatasetReader) -> CRS | None:
     """CF NetCDF on a latitude/longitude grid without a grid_mapping means WGS 84 degrees."""
     if src.driver not in ("netCDF", "HDF5", "GRIB") or src.transform.is_identity:
         return None
-    left, bottom, right, top = src.bounds
-    if -180.5 <= left < right <= 360.5 and -90.5 <= min(bottom, top) and max(bottom, top) <= 90.5:
-        log.warning("%s declares no CRS but has a latitude/longitude grid; assuming EPSG:4326",
-                    src.name)
+    left, bottom, right, top = _north_up_bounds(src)
+    if -180.5 <= left < right <= 360.5 and -90.5 <= bottom and top <= 90.5:
+        if src.name not in _WARNED_LONLAT:  # readers reopen the file: say it once
+            _WARNED_LONLAT.add(src.name)
+            log.warning("%s declares no CRS but has a latitude/longitude grid; assuming "
+                        "EPSG:4326", src.name)
         return CRS.from_epsg(4326)
     return None
+
+
+def _north_up_bounds(src: rasterio.DatasetReader) -> Bounds:
+    """(left, bottom, right, top) with left < right and bottom < top, whatever the raster's
+    orientation (a south-up raster has a positive y pixel size and rasterio's bounds then
+    have bottom > top)."""
+    left, bottom, right, top = src.bounds
+    return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+
+def source_crs(src: rasterio.DatasetReader) -> CRS | None:
+    """The CRS to read ``src`` in: its own, or WGS 84 for a lon/lat NetCDF without one.
+
+    Geographic rasters whose longitudes reach 180 (0..360 grids, or a -180..180 file
+    whose extent touches or crosses the antimeridian) get PROJ's ``+lon_wrap`` centred on the
+    raster, so that the inverse transforms GDAL's warper makes from the grid back to the
+    source land in the source's own longitude range instead of -180..180 (where such a
+    raster has no pixels, or only its western half).
+    """
+    crs = src.crs if src.crs is not None else _assumed_lonlat(src)
+    if crs is None or not crs.is_geographic:
+        return crs
+    left, _, right, _ = _north_up_bounds(src)
+    step = abs(src.transform.a) + abs(src.transform.b)
+    if left > -180.0 + step and right < 180.0 - step:  # clear of the antimeridian
+        return crs
+    centre = round((left + right) / 2.0, 6)
+    return CRS.from_dict({**crs.to_dict(), "lon_wrap": centre})
 
 
 GDAL_CACHE_MB = 256
@@ -88,6 +122,10 @@ class RasterInfo:
         units: per-band units ('' when unknown).
         dates: per-band date/time tag ('' when unknown).
         descriptions: per-band descriptions ('' when none).
+        long_names: per-band CF ``long_name`` ('' when none).
+        variable: the NetCDF variable's name ('' for other formats).
+        transform: the source's own pixel-to-CRS transform.
+        packed: whether bands carry a scale/offset (values are ``raw * scale + offset``).
     """
 
     path: str
@@ -102,6 +140,22 @@ class RasterInfo:
     units: tuple[str, ...] = field(default_factory=tuple)
     dates: tuple[str, ...] = field(default_factory=tuple)
     descriptions: tuple[str, ...] = field(default_factory=tuple)
+    long_names: tuple[str, ...] = field(default_factory=tuple)
+    variable: str = ""
+    transform: rasterio.Affine | None = None
+    packed: bool = False
+
+    @property
+    def north_up(self) -> bool:
+        """Rows run north to south, without rotation: a plain windowed read then matches
+        a north-up grid (south-up or rotated sources go through the warper)."""
+        t = self.transform
+        return t is None or (t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0)
+
+    @property
+    def rotated(self) -> bool:
+        t = self.transform
+        return t is not None and (t.b != 0 or t.d != 0)
 
 
 def _reason(e: Exception) -> str:
@@ -116,20 +170,83 @@ def _is_gdal_name(path: str) -> bool:
     return ":" in path and path.split(":", 1)[0].isupper() and not Path(path).exists()
 
 
+_CONTAINER_DRIVERS = {".nc": "NETCDF", ".nc4": "NETCDF", ".cdf": "NETCDF", ".netcdf": "NETCDF",
+                      ".h5": "HDF5", ".hdf5": "HDF5", ".he5": "HDF5"}
+_SUBDATASET_RE = re.compile(r'^(NETCDF|HDF5):"?(.+?)"?:([^:"]+)$', re.IGNORECASE)
+
+
+def gdal_name(path: str | os.PathLike) -> str:
+    """The dataset name GDAL opens for a path a user gave.
+
+    A variable of a NetCDF/HDF5 file may be given as ``file.nc:var`` (the documented
+    form), as GDAL's ``NETCDF:"file.nc":var``, or as the lower-case ``netcdf:file.nc:var``
+    that rasterio lists among a file's subdatasets; all become ``NETCDF:"file.nc":var``.
+    Anything else is returned as given.
+    """
+    path = str(path)
+    if Path(path).exists():
+        return path
+    m = _SUBDATASET_RE.match(path)
+    if m:
+        return f'{m.group(1).upper()}:"{m.group(2)}":{m.group(3)}'
+    head, sep, var = path.rpartition(":")
+    driver = _CONTAINER_DRIVERS.get(Path(head).suffix.lower()) if sep else None
+    if driver and var and Path(head).is_file():
+        return f'{driver}:"{head}":{var}'
+    return path
+
+
+def container_file(path: str | os.PathLike) -> str:
+    """The file part of a path or GDAL subdataset name (``NETCDF:"f.nc":v`` -> ``f.nc``)."""
+    name = gdal_name(path)
+    m = _SUBDATASET_RE.match(name)
+    return m.group(2) if m else name
+
+
+def _variables(subdatasets: list[str]) -> list[str]:
+    return [s.rsplit(":", 1)[-1] for s in subdatasets]
+
+
 @contextlib.contextmanager
 def open_raster(path: str | os.PathLike) -> Iterator[rasterio.DatasetReader]:
-    """Open a raster for reading, turning every failure into a one-line :class:`RasterReadError`."""
+    """Open a raster for reading, turning every failure into a one-line :class:`RasterReadError`.
+
+    NetCDF/HDF5 variables may be named ``file.nc:var`` (see :func:`gdal_name`); a file
+    that holds a single data variable opens as that variable.
+    """
     path = str(path)
-    if not _is_gdal_name(path) and not Path(path).exists():
-        raise RasterReadError(f"{path}: file not found; expected an existing raster file")
-    if Path(path).is_dir():
+    name = gdal_name(path)
+    file_part = container_file(name)
+    if (_SUBDATASET_RE.match(name) or not _is_gdal_name(name)) and not Path(file_part).exists():
+        raise RasterReadError(f"{file_part}: file not found; expected an existing raster file")
+    if Path(name).is_dir():
         raise RasterReadError(f"{path}: is a folder; expected a raster file")
     try:
-        src = rasterio.open(path)
+        with warnings.catch_warnings():  # a container has no geotransform: not news
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(name)
     except RasterioIOError as e:
         reason = str(e).splitlines()[0] if str(e) else "unreadable"
+        if _SUBDATASET_RE.match(name):
+            with contextlib.suppress(RasterioError):
+                with rasterio.open(file_part) as container:
+                    found = _variables(list(container.subdatasets or []))
+                if found:
+                    raise RasterReadError(
+                        f"{path}: no variable {name.rsplit(':', 1)[-1]!r} in {file_part}; "
+                        f"expected one of: {', '.join(found)} (e.g. {file_part}:{found[0]})"
+                    ) from e
         raise RasterReadError(f"{path}: not a readable raster ({reason}); expected a GeoTIFF, "
                               "NetCDF or other GDAL-readable raster") from e
+    if src.count == 0 and list(src.subdatasets or []):
+        subs = list(src.subdatasets)
+        src.close()
+        if len(subs) > 1:
+            found = _variables(subs)
+            shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")
+            raise RasterReadError(f"{path}: holds {len(subs)} variables ({shown}); expected "
+                                  f"one, picked as FILE:VARIABLE, e.g. {path}:{found[0]}")
+        src = rasterio.open(subs[0])
     try:
         yield src
     finally:
@@ -137,17 +254,17 @@ def open_raster(path: str | os.PathLike) -> Iterator[rasterio.DatasetReader]:
 
 
 def raster_info(path: str | os.PathLike) -> RasterInfo:
-    """Inspect a raster and check it is georeferenced and has bands."""
+    """Inspect a raster and check it is georeferenced and has bands.
+
+    Values are described as the file means them: units from the band's unit type, a
+    GeoTIFF ``UNIT`` tag or the CF ``units`` attribute; dates from CF time (decoded with
+    its units and calendar), GRIB valid times or ``DATE_TIME`` tags, as ISO 8601 text.
+    """
     path = str(path)
     with open_raster(path) as src:
         if src.count == 0:
-            subs = list(getattr(src, "subdatasets", []) or [])
-            if subs:
-                shown = ", ".join(subs[:4]) + (" ..." if len(subs) > 4 else "")
-                raise RasterReadError(f"{path}: holds {len(subs)} variables and no bands; pick one "
-                                      f"as a GDAL name, e.g. {subs[0]} (found: {shown})")
             raise RasterReadError(f"{path}: has no raster bands; expected at least one band")
-        crs_obj = src.crs if src.crs is not None else _assumed_lonlat(src)
+        crs_obj = source_crs(src)
         if crs_obj is None:
             raise GridError(f"{path}: has no CRS; expected a georeferenced raster (assign one "
                             "with gdal_edit.py -a_srs EPSG:xxxx)")
@@ -156,26 +273,80 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
                             "with a pixel-to-map transform")
         if src.transform.b != 0 or src.transform.d != 0:
             log.info("%s is rotated; it will be warped onto a north-up grid", path)
-        units = tuple((u or "") for u in (src.units or ("",) * src.count))
-        dates = tuple(_band_date(src, b) for b in range(1, src.count + 1))
+        band_tags = [src.tags(b) for b in range(1, src.count + 1)]
+        units = tuple((u or t.get("UNIT") or t.get("units") or "").strip()
+                      for u, t in zip(src.units or ("",) * src.count, band_tags, strict=True))
+        dates = band_dates(src.tags(), band_tags)
         desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))
+        long_names = tuple(t.get("long_name", "") for t in band_tags)
         try:
             crs = crs_string(crs_obj)
         except Exception as e:
             raise GridError(f"{path}: CRS cannot be interpreted ({e}); expected a valid CRS") from e
+        t = src.transform
         return RasterInfo(
-            path=path, crs=crs, bounds=tuple(src.bounds), width=src.width, height=src.height,
-            count=src.count, res=(abs(src.transform.a), abs(src.transform.e)),
-            dtype=src.dtypes[0], nodata=src.nodata, units=units, dates=dates, descriptions=desc,
+            path=path, crs=crs, bounds=_north_up_bounds(src), width=src.width,
+            height=src.height, count=src.count, res=(abs(t.a), abs(t.e)), dtype=src.dtypes[0],
+            nodata=src.nodata, units=units, dates=dates, descriptions=desc,
+            long_names=long_names, variable=band_tags[0].get("NETCDF_VARNAME", ""),
+            transform=t, packed=_is_packed(src),
         )
 
 
-def _band_date(src: rasterio.DatasetReader, band: int) -> str:
-    tags = src.tags(band)
-    for key in _DATE_KEYS:
-        if tags.get(key):
-            return str(tags[key])
-    return ""
+def _is_packed(src: rasterio.DatasetReader) -> bool:
+    return any(sc != 1.0 or off != 0.0 for sc, off in zip(src.scales, src.offsets, strict=True))
+
+
+def band_dates(ds_tags: dict, band_tags: list[dict]) -> tuple[str, ...]:
+    """Per-band ISO 8601 dates from GDAL metadata ('' when a band has none).
+
+    CF NetCDF bands carry the raw time offset (``NETCDF_DIM_time=1525132800``) and the
+    dataset the time variable's ``units`` and ``calendar`` (``time#units``); cftime
+    decodes them, any calendar included (noleap, 360_day...). GRIB bands carry
+    ``GRIB_VALID_TIME`` in seconds since 1970; GeoTIFFs a ``DATE_TIME`` tag.
+    """
+    raw: dict[str, list[tuple[int, float]]] = {}
+    out = [""] * len(band_tags)
+    for i, tags in enumerate(band_tags):
+        for key, value in tags.items():
+            if not key.startswith("NETCDF_DIM_"):
+                continue
+            dim = key[len("NETCDF_DIM_"):]
+            if "since" in ds_tags.get(f"{dim}#units", ""):
+                with contextlib.suppress(ValueError):
+                    raw.setdefault(dim, []).append((i, float(value)))
+        if not any(key.startswith("NETCDF_DIM_") and key[11:] in raw for key in tags):
+            grib = tags.get("GRIB_VALID_TIME", "").split()
+            if grib and grib[0].lstrip("-").isdigit():
+                out[i] = _iso(np.datetime64(int(grib[0]), "s"))
+                continue
+            for key in _DATE_KEYS:
+                if tags.get(key):
+                    out[i] = str(tags[key])
+                    break
+    for dim, pairs in raw.items():
+        try:
+            import cftime
+
+            values = cftime.num2date([v for _, v in pairs], ds_tags[f"{dim}#units"],
+                                     calendar=ds_tags.get(f"{dim}#calendar", "standard"))
+        except (ValueError, TypeError) as e:
+            log.warning("CF time %r could not be decoded (%s); dates are kept as numbers",
+                        ds_tags[f"{dim}#units"], e)
+            for i, v in pairs:
+                out[i] = f"{v:g}"
+            continue
+        for (i, _), when in zip(pairs, values, strict=True):
+            out[i] = _iso(when)
+    return tuple(out)
+
+
+def _iso(when) -> str:
+    """ISO 8601 without microseconds for datetimes, numpy datetime64 and cftime dates."""
+    if isinstance(when, np.datetime64):
+        return str(when.astype("datetime64[s]"))
+    text = when.isoformat()
+    return text.split(".")[0]
 
 
 class AlignedReader:
@@ -201,7 +372,8 @@ class AlignedReader:
     def __enter__(self) -> AlignedReader:
         src = self._stack.enter_context(open_raster(self.path))
         self.count = src.count
-        src_crs = None if src.crs is not None else _assumed_lonlat(src)
+        self._unpack = _unpacker(src)
+        src_crs = source_crs(src)
         src_nodata = src.nodata
         if src_nodata is None and np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
             src_nodata = float("nan")
@@ -249,6 +421,7 @@ class AlignedReader:
         except RasterioError as e:
             raise RasterReadError(f"{self.path}: read failed ({e})") from e
         out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = arr.filled(np.nan)
+        self._unpack(out, bands)
         inf = np.isinf(out)
         if inf.any():
             if not self._warned_inf:
@@ -256,6 +429,27 @@ class AlignedReader:
                 self._warned_inf = True
             out[inf] = np.nan
         return out
+
+
+def _unpacker(src: rasterio.DatasetReader):
+    """A function applying ``src``'s per-band scale/offset to ``(bands, rows, cols)`` in place.
+
+    Why after warping: GDAL's warper moves raw (packed) values; every resampling geosr
+    uses (nearest, bilinear, average, mode) commutes with ``raw * scale + offset``, and
+    nodata is matched on the raw values, as CF ``_FillValue`` is defined.
+    """
+    scales = np.asarray(src.scales, np.float64)
+    offsets = np.asarray(src.offsets, np.float64)
+    if np.all(scales == 1.0) and np.all(offsets == 0.0):
+        return lambda arr, bands: arr
+
+    def unpack(arr: np.ndarray, bands: list[int]) -> np.ndarray:
+        for k, b in enumerate(bands):
+            if scales[b - 1] != 1.0 or offsets[b - 1] != 0.0:
+                arr[k] = arr[k] * scales[b - 1] + offsets[b - 1]
+        return arr
+
+    return unpack
 
 
 def gtiff_profile(grid: Grid, count: int, *, block: int = 256) -> dict:
@@ -292,9 +486,10 @@ def open_writer(path: str | os.PathLike, grid: Grid, count: int, *,
 def read_full(path: str | os.PathLike, bands: list[int] | None = None) -> tuple[np.ndarray, Grid]:
     """Read a (small, already aligned) raster whole as float32 with NaN nodata, and its grid."""
     with open_raster(path) as src:
-        arr = src.read(bands or list(range(1, src.count + 1)), masked=True).astype(np.float32)
+        bands = bands or list(range(1, src.count + 1))
+        arr = src.read(bands, masked=True).astype(np.float32)
         grid = Grid(crs_string(src.crs), src.transform, src.width, src.height)
-    out = arr.filled(np.nan)
+        out = _unpacker(src)(arr.filled(np.nan), bands)
     out[~np.isfinite(out)] = np.nan
     return out, grid
 
@@ -490,6 +685,7 @@ class OnGridReader:
     def __enter__(self) -> OnGridReader:
         src = self._src = self._stack.enter_context(open_raster(self.path))
         self.count = src.count
+        self._unpack = _unpacker(src)
         self._dc = round((self.grid.transform.c - src.transform.c) / self.grid.res)
         self._dr = round((src.transform.f - self.grid.transform.f) / self.grid.res)
         return self
@@ -520,7 +716,7 @@ class OnGridReader:
         except RasterioError as e:
             raise RasterReadError(f"{self.path}: read failed ({_reason(e)}); the "
                                   "file may be truncated or corrupt") from e
-        part = arr.astype(np.float32).filled(np.nan)
+        part = self._unpack(arr.astype(np.float32).filled(np.nan), bands)
         part[~np.isfinite(part)] = np.nan
         out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
         return out
@@ -555,7 +751,7 @@ def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,
     except RasterioError as e:
         raise RasterReadError(f"{src.name}: read failed ({_reason(e)}); the file "
                               "may be truncated or corrupt") from e
-    part = arr.astype(np.float32).filled(np.nan)
+    part = _unpacker(src)(arr.astype(np.float32).filled(np.nan), bands)
     part[~np.isfinite(part)] = np.nan
     out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
     return out

@@ -124,7 +124,8 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
 
     ref = coarse_infos[0] if coarse_infos else target_infos[0]
     fine, coarse = plan_grids(ref, res_m=cfg.res_m, factor=cfg.factor, crs=cfg.crs,
-                              bounds=cfg.bounds, ref_is_coarse=bool(coarse_infos))
+                              bounds=cfg.bounds, ref_is_coarse=bool(coarse_infos),
+                              aux=aux_infos)
     factor = fine.width // coarse.width
     area = footprint(ref.crs, ref.bounds, fine.crs)
     for info in coarse_infos:

@@ -25,9 +25,15 @@ class LayerSpec:
     categorical: bool = False
 
 
+_VARIABLE_RE = re.compile(r'^(?:(?:NETCDF|HDF5):"?.+?"?|.+\.(?:nc|nc4|cdf|netcdf|h5|hdf5|he5)):'
+                          r'([A-Za-z_][\w.\-]*)$', re.IGNORECASE)
+
+
 def layer_name_from_path(path: str) -> str:
-    """File stem, made safe as a layer name (``dem.tif`` -> ``dem``)."""
-    stem = Path(path.split(":")[-1] if path.upper().startswith("NETCDF:") else path).stem
+    """File stem, made safe as a layer name (``dem.tif`` -> ``dem``); for a NetCDF
+    variable (``era5.nc:t2m``, ``NETCDF:"era5.nc":t2m``) the variable's name."""
+    m = _VARIABLE_RE.match(path)
+    stem = m.group(1) if m else Path(path).stem
     name = re.sub(r"[^A-Za-z0-9_\-]", "_", stem)
     if not name or not name[0].isalpha():
         name = f"aux_{name}"

@@ -495,7 +495,7 @@ class Accepted:
 ACCEPTED = [
     # outside the aux, sharpening falls back to interpolation (README): values, not nodata
     Accepted("downscale-aux-partial", _down("--aux", "{dem_half}"),
-             ("warning", "--aux dem_half", "dem_half.tif", "covers 50%", "that layer is nodata")),
+             ("warning", "--aux", "dem_half.tif", "covers 50%", "only where both", "--bounds")),
     Accepted("downscale-inf-inside-valid-data", _down("--aux", "{dem}", src="{coarse_inf}"),
              ("warning", "coarse_inf.tif", "infinite"), (3, 3)),
     Accepted("downscale-integer-input-with-nodata", _down("--aux", "{dem}", src="{coarse_int}"),

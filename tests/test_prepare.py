@@ -210,9 +210,9 @@ def test_prepare_haduk_netcdf_era5(real_data, tmp_path):
     out = tmp_path / "era"
     prepare(PrepareConfig(out_dir=out, coarse=(f'NETCDF:"{nc}":t2m',),
                           aux=(LayerSpec("dem", str(d / "aux/dtmm.tif")),), res_m=1000,
-                          bounds=(340_000, 5_530_000, 460_000, 5_630_000)))
+                          bounds=(130_000, 10_000, 200_000, 70_000)))
     m = read_manifest(out)
-    assert m.fine_grid.crs == "EPSG:32630"  # lon/lat input -> local UTM zone
+    assert m.fine_grid.crs == "EPSG:27700"  # lon/lat input -> the projected aux's CRS
     assert 15 <= m.factor <= 30 and m.coarse.bands == 744
     assert m.aux_layer("dem").stats.count > 1000
 

@@ -67,7 +67,12 @@ def downscale_cmd(
     factor: int = typer.Option(None, "--factor", help="Coarse/fine factor, 2..64 (default: "
                                "the model's, else from the input's cell size)."),
     crs: str = typer.Option(None, "--crs", help="Projected CRS of the grids, e.g. EPSG:3035 "
-                            "(default: the input's, or a local UTM zone)."),
+                            "(default: the input's if projected, else a projected aux's, else "
+                            "a local UTM zone)."),
+    bounds: tuple[float, float, float, float] | None = typer.Option(
+        None, "--bounds", metavar="LEFT BOTTOM RIGHT TOP",
+        help="Restrict the output to these bounds, in the grid CRS (default: where the input "
+             "and every aux have data)."),
     tile: int = typer.Option(None, "--tile", help="Tile core size in fine pixels, rounded to "
                              "whole coarse cells (default 512 for a network, 768 otherwise)."),
     overlap: int = typer.Option(None, "--overlap", help="Context per tile side in fine pixels, "
@@ -87,7 +92,8 @@ def downscale_cmd(
     """Downscale coarse rasters onto the fine grid, guided by aux rasters; writes COGs."""
     cfg = DownscaleConfig(
         coarse=tuple(coarse), aux=parse_layers(aux or ()), out=out, out_dir=out_dir,
-        model=model, method=method, res_m=res, factor=factor, crs=crs, tile_px=tile,
+        model=model, method=method, res_m=res, factor=factor, crs=crs,
+        bounds=tuple(bounds) if bounds else None, tile_px=tile,
         overlap_px=overlap, device=device.value, workers=workers, scheduler=scheduler,
         conserve=conserve, overwrite=overwrite,
         command=shlex.join(["geosr", *sys.argv[1:]]),
