@@ -274,7 +274,8 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
         if src.transform.b != 0 or src.transform.d != 0:
             log.info("%s is rotated; it will be warped onto a north-up grid", path)
         band_tags = [src.tags(b) for b in range(1, src.count + 1)]
-        units = tuple((u or t.get("UNIT") or t.get("units") or "").strip()
+        units = tuple((u or t.get("UNIT") or t.get("units")
+                       or t.get("GRIB_UNIT", "").strip("[] ") or "").strip()
                       for u, t in zip(src.units or ("",) * src.count, band_tags, strict=True))
         dates = band_dates(src.tags(), band_tags)
         desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))

@@ -264,6 +264,18 @@ def test_cf_calendars_are_decoded(tmp_path):
     assert raster_info(nc).dates[0] == "2000-06-01T00:00:00"
 
 
+def test_grib_valid_times_are_dates(tmp_path):
+    import rasterio.shutil
+
+    src = write_raster(tmp_path / "g.tif", np.full((2, 8, 10), 280.0, np.float32),
+                       crs="EPSG:4326", transform=Affine(0.25, 0, -6, 0, -0.25, 51))
+    grib = tmp_path / "g.grb2"
+    rasterio.shutil.copy(str(src), str(grib), driver="GRIB",
+                         IDS="CENTER=98 SUBCENTER=0 MASTER_TABLE=2 LOCAL_TABLE=0 SIGNF_REF_TIME=1 "
+                             "REF_TIME=2018-05-01T06:00:00Z PROD_STATUS=0 TYPE=0")
+    assert raster_info(grib).dates == ("2018-05-01T06:00:00",) * 2
+
+
 def test_netcdf_variable_names(tmp_path):
     data = np.full((2, 4, 4), 280.0, np.float32)
     nc = _write_cf(tmp_path / "two.nc", data, np.arange(4.0), np.arange(4.0), packed=False,
