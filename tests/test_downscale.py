@@ -302,7 +302,8 @@ def test_output_is_a_valid_cog_with_provenance(scene, tmp_path, monkeypatch):
     with rasterio.open(out) as src:
         assert src.count == 2 and src.dtypes == ("float32", "float32")
         assert np.isnan(src.nodata)
-        assert src.descriptions == ("t2m 2020-07-01", "t2m 2020-07-02") and src.units == ("degC", "degC")
+        assert src.descriptions == ("t2m 2020-07-01", "t2m 2020-07-02")
+        assert src.units == ("degC", "degC")
         tags = src.tags()
         assert tags["GEOSR_METHOD"] == "sharpen" and tags["GEOSR_AUX"] == "elev"
         assert tags["GEOSR_VERSION"] == __version__ and tags["GEOSR_FACTOR"] == str(F)
@@ -663,7 +664,8 @@ def test_real_bundle_end_to_end(scene, tmp_path, tiny_bundle):
             assert tags["GEOSR_METHOD"] == "net" and len(tags["GEOSR_MODEL_SHA256"]) == 64
             assert tags["GEOSR_MODEL"] == str(tiny_bundle)
             assert tags["GEOSR_AUX"] == "dem"  # matched by order, recorded by model name
-            assert src.descriptions == ("t2m 2020-07-01", "t2m 2020-07-02") and src.units == ("degC", "degC")
+            assert src.descriptions == ("t2m 2020-07-01", "t2m 2020-07-02")
+            assert src.units == ("degC", "degC")
     a, b = outs[128], outs[512]
     assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
