@@ -13,6 +13,10 @@ write them to a temporary GeoTIFF. The GeoTIFF is then copied to
 a Cloud-Optimized GeoTIFF beside the final name and renamed into place. Memory
 therefore follows the tile size and the grid width, not the raster size.
 
+With a model, the coarse field is converted into the model's units right after it is
+read and the completed rows back into the input's (:mod:`geosr.units`), so the network
+and the conservation correction see the model's units and the output keeps the user's.
+
 Methods (:class:`Method`): ``net`` (a trained model bundle), ``sharpen`` (scene-fitted
 regression sharpening, :mod:`geosr.baselines`; needs no training data) and ``bicubic``.
 
