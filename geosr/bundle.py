@@ -3,7 +3,7 @@
 A bundle is a ``torch.save`` dictionary of plain values only::
 
     {"format": "geosr-bundle", "format_version": 1,
-     "meta": "<JSON string>",                  # config, aux, factor, norm, training, hash
+     "meta": "<JSON string>",   # config, aux, factor, norm, units, coarse range, training, hash
      "state_dict": {name: tensor, ...}}
 
 Metadata is a JSON *string* so that the file loads with
@@ -40,6 +40,7 @@ import numpy as np
 from geosr import __version__
 from geosr.errors import BundleError, InputError
 from geosr.io import atomic_path
+from geosr.units import ValueRange
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -124,6 +125,9 @@ class Bundle:
             (see :func:`measure_halo`).
         decode_halo: measured context of the fine decoder alone; 0 = unknown (see
             :func:`measure_decode_halo`).
+        coarse_stats: ``{"min", "max", "mean", "std"}`` of the coarse training input in
+            :attr:`units` (empty in bundles written before geosr recorded it; see
+            :meth:`training_range`).
     """
 
     config: NetConfig
@@ -139,6 +143,7 @@ class Bundle:
     state_dict: dict = field(repr=False, compare=False)
     halo_coarse: int = 0
     decode_halo: int = 0
+    coarse_stats: dict = field(default_factory=dict)
 
     @property
     def aux_names(self) -> tuple[str, ...]:
@@ -148,6 +153,17 @@ class Bundle:
     def channels(self) -> list[str]:
         """Aux input channel layout (categorical layers expand to one channel per class)."""
         return channel_layout(self.aux)
+
+    def training_range(self) -> ValueRange:
+        """Range of the coarse training input in :attr:`units`.
+
+        Bundles without :attr:`coarse_stats` give the normalisation mean and std, which
+        are the same statistics (min and max unknown).
+        """
+        if self.coarse_stats:
+            return ValueRange.from_dict(self.coarse_stats)
+        c = self.norm.get("coarse", {})
+        return ValueRange(mean=float(c.get("mean", math.nan)), std=float(c.get("std", math.nan)))
 
     def build_model(self) -> torch.nn.Module:
         """The generator with the bundle's weights, in eval mode, on the CPU."""
@@ -208,7 +224,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
                 config: NetConfig | None = None, aux: tuple[AuxChannelSpec, ...] = (),
                 factor: int | None = None, res_m: float | None = None, variable: str = "",
                 units: str = "", norm: dict | None = None, training: dict | None = None,
-                state_dict: dict | None = None) -> Bundle:
+                state_dict: dict | None = None, coarse_stats: dict | None = None) -> Bundle:
     """Write a bundle atomically and return it with its hash and version filled in.
 
     Give either an existing ``bundle`` (re-save; its hash and version are recomputed) or
@@ -218,8 +234,9 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         path: output file (``.geosr`` suggested).
         bundle: a bundle to write instead of the keyword fields.
         overwrite: replace an existing file.
-        config, aux, factor, res_m, variable, units, norm, training, state_dict: see
-            :class:`Bundle`.
+        config, aux, factor, res_m, variable, units, norm, training, state_dict,
+            coarse_stats: see :class:`Bundle`. Units and ``coarse_stats`` are outside the
+            content hash: they describe the model's inputs, not what it computes from them.
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -231,6 +248,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         config, aux, factor, res_m = bundle.config, bundle.aux, bundle.factor, bundle.res_m
         variable, units, norm = bundle.variable, bundle.units, bundle.norm
         training, state_dict = bundle.training, bundle.state_dict
+        coarse_stats = bundle.coarse_stats
     if config is None or factor is None or res_m is None or norm is None or state_dict is None:
         raise BundleError(f"{path}: cannot save a bundle without config, factor, res_m, norm "
                           "and state_dict")
@@ -245,6 +263,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         "geosr_version": __version__, "sha256": sha,
         "channels": channel_layout(aux), "halo_coarse": halo,
         "decode_halo": decode_halo, "halo_method": HALO_METHOD,
+        "coarse_stats": dict(coarse_stats or {}),
     }
     try:
         meta_json = json.dumps(meta, default=_json_default, allow_nan=True)
@@ -257,7 +276,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     return Bundle(config=config, aux=aux, factor=int(factor), res_m=float(res_m),
                   variable=variable, units=units, norm=norm, training=dict(training or {}),
                   geosr_version=__version__, sha256=sha, state_dict=state, halo_coarse=halo,
-                  decode_halo=decode_halo)
+                  decode_halo=decode_halo, coarse_stats=dict(coarse_stats or {}))
 
 
 def config_from_dict(d: dict, *, where: str) -> NetConfig:
@@ -315,6 +334,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                         training=dict(meta.get("training", {})),
                         geosr_version=str(meta.get("geosr_version", "")),
                         sha256=str(meta["sha256"]), state_dict=state,
+                        coarse_stats=_coarse_stats(meta.get("coarse_stats")),
                         **_stored_halos(meta))
     except BundleError:
         raise
@@ -364,6 +384,16 @@ def _safe_load(path: Path, *, what: str) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"{path}: damaged or truncated ({type(e).__name__}: {first[:160]}); "
                           f"expected a {what}") from e
+
+
+def _coarse_stats(d) -> dict:
+    """``coarse_stats`` as floats; absent (older bundles) or malformed -> {}."""
+    if not isinstance(d, dict):
+        return {}
+    try:
+        return {k: float(d[k]) for k in ("min", "max", "mean", "std") if k in d}
+    except (TypeError, ValueError):
+        return {}
 
 
 # --------------------------------------------------------------------------- model lookup

@@ -13,6 +13,10 @@ write them to a temporary GeoTIFF. The GeoTIFF is then copied to
 a Cloud-Optimized GeoTIFF beside the final name and renamed into place. Memory
 therefore follows the tile size and the grid width, not the raster size.
 
+With a model, the coarse field is converted into the model's units right after it is
+read and the completed rows back into the input's (:mod:`geosr.units`), so the network
+and the conservation correction see the model's units and the output keeps the user's.
+
 Methods (:class:`Method`): ``net`` (a trained model bundle), ``sharpen`` (scene-fitted
 regression sharpening, :mod:`geosr.baselines`; needs no training data) and ``bicubic``.
 
@@ -60,6 +64,7 @@ from geosr.io import (
 )
 from geosr.sources import LayerSpec, layer_name_from_path
 from geosr.tiling import RowStitcher, Tile, TilePlan, plan_tiles
+from geosr.units import UnitPlan, ValueRange, plan_units
 
 log = logging.getLogger(__name__)
 
@@ -607,6 +612,8 @@ class _Plan:
     fine: Grid
     coarse: Grid
     tiles: TilePlan
+    units: UnitPlan | None = None  # with a model: the input's units against the model's
+    range_checked: bool = False
 
 
 # --------------------------------------------------------------------------- entry point
@@ -644,6 +651,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     factor, res_m = _resolve_scale(cfg, bundle)
     infos = [raster_info(p) for p in cfg.coarse]
+    # Units are checked before any work: a mismatch is an input error, not a late failure.
+    unit_plans = [_unit_plan(info, bundle, cfg.model) for info in infos]
     aux = _resolve_aux(cfg, method, bundle)
     aux_infos = [raster_info(s.path) for s in aux]
 
@@ -688,7 +697,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
     tile_px = DEFAULT_TILE_PX[method] if cfg.tile_px is None else cfg.tile_px
     plans = []
-    for info, out, (fine, coarse) in zip(infos, outs, grids, strict=True):
+    for info, out, (fine, coarse), up in zip(infos, outs, grids, unit_plans, strict=True):
         f = fine.width // coarse.width
         if cfg.overlap_px is not None:
             overlap_px = cfg.overlap_px
@@ -702,7 +711,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
                            overlap_px=overlap_px)
-        plans.append(_Plan(info, out, fine, coarse, tiles))
+        plans.append(_Plan(info, out, fine, coarse, tiles, units=up))
     gpu = device.type == "cuda" or str(cfg.device).startswith("cuda")
     tile_batch = cfg.tile_batch or (8 if gpu else 1)
 
@@ -715,6 +724,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     }
     if bundle is not None:
         tags.update(GEOSR_MODEL=str(cfg.model), GEOSR_MODEL_SHA256=bundle.sha256)
+        if getattr(bundle, "units", ""):
+            tags["GEOSR_MODEL_UNITS"] = bundle.units
     if cfg.command:
         tags["GEOSR_COMMAND"] = cfg.command
 
@@ -738,6 +749,10 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
                          "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,
                          "GEOSR_SOURCE": os.path.abspath(p.info.path)}
+                if p.units is not None and p.units.converts:
+                    ptags["GEOSR_UNITS_CONVERTED"] = ",".join(sorted(
+                        {f"{u}->{p.units.model_units}"
+                         for u, c in zip(p.units.units, p.units.to, strict=True) if c}))
                 _run_one(p, job, engine, predictor, aux, conserve=conserve, bundle=bundle,
                          tags=ptags, tile_batch=tile_batch, memory_mb=cfg.memory_mb,
                          overwrite=cfg.overwrite, progress=progress)
@@ -822,6 +837,22 @@ def _check_model_cell(info: RasterInfo, aux_infos: Sequence[RasterInfo], cfg: Do
                           f"{cfg.model} works on {factor} x {res_m:g} m = {want:g} m cells "
                           f"({ratio:.2f}x); expected input at about {want / 1000:g} km, or a "
                           "model trained for this cell size")
+
+
+def _unit_plan(info: RasterInfo, bundle, model: str | None) -> UnitPlan | None:
+    """The input's band units against the model's (None without a model); logs the
+    conversions it plans. Raises InputError for known units that do not convert."""
+    if bundle is None:
+        return None
+    units = tuple(info.units[b] if b < len(info.units) else "" for b in range(info.count))
+    training = bundle.training_range() if hasattr(bundle, "training_range") else None
+    up = plan_units(where=f"COARSE {info.path}", units=units,
+                    model_units=getattr(bundle, "units", "") or "",
+                    model=Path(str(model)).stem if model else "model", training=training)
+    note = up.note()
+    if note:
+        log.info("%s", note)
+    return up
 
 
 def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpec, ...]:
@@ -938,6 +969,13 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     info, fine, plan = p.info, p.fine, p.tiles
     name = Path(p.out).name
     coarse = crd.read(None, [b + 1 for b in group])
+    if p.units is not None:  # the model sees its own units; _flush converts back
+        p.units.to_model(coarse, group)
+        if not p.range_checked:  # once per input: the first group holds most bands
+            p.range_checked = True
+            warning = p.units.range_warning(ValueRange.of(coarse), group)
+            if warning:
+                log.warning("%s", warning)
     if not np.isfinite(coarse).any():
         if len(group) == info.count:  # the whole input: nothing to downscale
             raise GridError(f"COARSE {info.path}: no valid pixels inside the grid (all nodata); "
@@ -961,7 +999,9 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
         if progress:
             progress(name, done, total)
         if tiles[-1].col == plan.cols.count - 1:
-            _flush(stitch.finish_row(), writer, coarse, plan.factor, conserve)
+            _flush(stitch.finish_row(), writer, coarse, plan.factor, conserve,
+                   back=(lambda arr: p.units.from_model(arr, group))
+                   if p.units is not None and p.units.converts else None)
     writer.close()
     return done
 
@@ -979,7 +1019,10 @@ def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int,
 
 
 def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse: np.ndarray,
-           f: int, conserve: bool) -> None:
+           f: int, conserve: bool, back: Callable[[np.ndarray], Any] | None = None) -> None:
+    """Conserve, convert back to the input's units (``back``, in place) and mask the
+    completed rows, then write them. Conservation runs in the units of ``coarse`` (the
+    model's); an affine map of a conserved field is conserved against the mapped field."""
     if done is None:
         return
     top, arr = done
@@ -987,6 +1030,8 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
     rows = coarse[:, c0:c0 + arr.shape[1] // f]
     if conserve:
         arr = _conserve_rows(arr, rows, f)
+    if back is not None:
+        back(arr)
     writer.write(top, _mask_nodata(arr, rows, f))
 
 

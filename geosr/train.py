@@ -309,6 +309,13 @@ def _norm(manifest: Manifest) -> dict:
     return {"coarse": {"mean": mean, "std": std}, "target": {"mean": mean, "std": std}}
 
 
+def _coarse_stats(manifest: Manifest) -> dict:
+    """Range of the coarse training input (the statistics :func:`_norm` uses), so that
+    ``downscale`` can flag inputs far outside it."""
+    st = manifest.coarse.stats if manifest.coarse.stats else manifest.target.stats
+    return {"min": st.min, "max": st.max, "mean": st.mean, "std": st.std} if st else {}
+
+
 def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpec, ...]):
     from geosr.nn import NetConfig
 
@@ -895,7 +902,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
         bundle = save_bundle(out, overwrite=cfg.overwrite, config=net_cfg, aux=specs,
                              factor=manifest.factor, res_m=manifest.res_m,
                              variable=manifest.variable, units=manifest.units, norm=norm,
-                             training=final_summary, state_dict=best_state)
+                             training=final_summary, state_dict=best_state,
+                             coarse_stats=_coarse_stats(manifest))
     return TrainResult(out=out, bundle=bundle, history=history, best_epoch=best_epoch,
                        best=best, seconds=time.perf_counter() - t_start, stopped=stopped,
                        checkpoint=ckpt_path, log_csv=csv_path, log_json=json_path,

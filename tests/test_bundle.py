@@ -6,6 +6,7 @@ import io
 import json
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,36 @@ def test_hash_depends_on_weights_and_norm_not_on_training_summary(tmp_path):
     d, _ = write_bundle(tmp_path / "d.geosr", seed=0, norm={"coarse": unit, "target": unit})
     assert a.sha256 == b.sha256
     assert len({a.sha256, c.sha256, d.sha256}) == 3
+
+
+def test_coarse_training_range_is_recorded_outside_the_hash(tmp_path):
+    stats = {"min": -3.0, "max": 21.0, "mean": 10.0, "std": 5.0}
+    a, _ = write_bundle(tmp_path / "a.geosr", coarse_stats=stats, units="K")
+    b, _ = write_bundle(tmp_path / "b.geosr")
+    loaded = load_bundle(tmp_path / "a.geosr")
+    assert loaded.coarse_stats == stats and loaded.units == "K"
+    assert loaded.training_range().describe() == "-3..21"
+    assert a.sha256 == b.sha256  # units and the input range do not change predictions
+    assert save_bundle(tmp_path / "c.geosr", loaded).coarse_stats == stats  # re-save keeps it
+    # a bundle from before the range was recorded: the normalisation mean and std
+    payload = torch.load(tmp_path / "b.geosr", weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta.pop("coarse_stats")
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "old.geosr")
+    old = load_bundle(tmp_path / "old.geosr")
+    assert old.coarse_stats == {} and old.sha256 == b.sha256
+    assert old.training_range().describe("degC") == "mean 10 +- 5 degC"
+
+
+def test_shipped_model_records_its_units():
+    path = Path(__file__).resolve().parents[1] / "models" / "alps-t2m" / "alps-t2m.geosr"
+    if not path.is_file():
+        pytest.skip("models/alps-t2m is not in this checkout")
+    b = load_bundle(path)
+    assert b.units == "degC" and b.sha256.startswith("11bc854c37ef")
+    rng = b.training_range()
+    assert rng.min < 0 < rng.max < 25
 
 
 def test_save_refuses_existing_file_without_overwrite(bundle_path):

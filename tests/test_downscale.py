@@ -745,3 +745,131 @@ def test_peak_memory_is_this_process_not_its_parent():
                          check=True).stdout
     assert float(out) < 350, out
     del ballast
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _with_units(path: Path, units: str) -> Path:
+    with rasterio.open(path, "r+") as dst:
+        for b in range(1, dst.count + 1):
+            dst.set_band_unit(b, units)
+    return path
+
+
+def _shifted(scene: dict, root: Path, name: str, offset: float, units: str) -> Path:
+    """The scene's coarse field plus ``offset``, written with band unit ``units``."""
+    path = write_raster(root / name, scene["coarse_arr"] + np.float32(offset), res=500.0 * F,
+                        origin=ORIGIN)
+    return _with_units(path, units) if units else path
+
+
+@pytest.fixture
+def small_scene(tmp_path):
+    return _scene(tmp_path, hc=24, wc=30, bands=2)
+
+
+def test_kelvin_input_into_a_celsius_model_is_converted_and_back(small_scene, tmp_path,
+                                                                  gain_bundle, caplog):
+    celsius = _shifted(small_scene, tmp_path, "t_c.tif", 0.0, "degC")
+    kelvin = _shifted(small_scene, tmp_path, "t_k.tif", 273.15, "K")
+    outs = {}
+    for name, src in (("c", celsius), ("k", kelvin)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="geosr"):
+            res = downscale(DownscaleConfig(coarse=(str(src),), aux=parse_layers(
+                [str(small_scene["aux"])]), model=str(gain_bundle), out=tmp_path / f"{name}.tif"))
+        with rasterio.open(res.outputs[0].path) as out:
+            outs[name] = out.read()
+            assert out.units == (("degC",) * 2 if name == "c" else ("K",) * 2)
+            tags = out.tags()
+            assert tags["GEOSR_MODEL_UNITS"] == "degC"
+        notes = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
+        warned = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert not warned
+        if name == "k":
+            assert notes == [f"COARSE {kelvin}: K converted to the model's degC (and back "
+                             "for the output)"]
+            assert tags["GEOSR_UNITS_CONVERTED"] == "K->degC"
+        else:
+            assert notes == [] and "GEOSR_UNITS_CONVERTED" not in tags
+    assert np.nanstd(outs["c"]) > 1.0
+    np.testing.assert_allclose(outs["k"] - 273.15, outs["c"], atol=1e-3)
+    np.testing.assert_allclose(block_mean(outs["k"], F), small_scene["coarse_arr"] + 273.15,
+                               atol=1e-3)
+
+
+def test_incompatible_units_exit_2_one_line(small_scene, tmp_path, tiny_bundle):
+    wind = _shifted(small_scene, tmp_path, "wind.tif", 0.0, "m s-1")
+    out = tmp_path / "o.tif"
+    r = runner.invoke(app, ["downscale", str(wind), "--aux", str(small_scene["aux"]),
+                            "--model", str(tiny_bundle), "-o", str(out)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert (f"COARSE {wind}: units 'm s-1' cannot be converted to the model's 'degC'; "
+            "expected temperature in K, degC or degF") in lines[0]
+    assert not out.exists() and not list(tmp_path.glob("*geosr-tmp*"))
+
+
+def test_unknown_units_far_outside_training_warn_once(small_scene, tmp_path, tiny_bundle):
+    kelvin = _shifted(small_scene, tmp_path, "era5.tif", 273.15, "")  # K, but not said
+    out = tmp_path / "o.tif"
+    r = runner.invoke(app, ["downscale", str(kelvin), "--aux", str(small_scene["aux"]),
+                            "--model", str(tiny_bundle), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "far outside" in ln]
+    assert len(lines) == 1, r.stderr
+    lo, hi = np.nanmin(small_scene["coarse_arr"]) + 273.15, \
+        np.nanmax(small_scene["coarse_arr"]) + 273.15
+    assert lines[0].startswith(f"geosr: warning: COARSE {kelvin}: values {lo:.4g}..{hi:.4g} "
+                               "(no units) lie far outside the model tiny's training range ")
+    assert lines[0].endswith("degC; is it in K? set the band unit or convert it")
+    # in range: no warning
+    plain = runner.invoke(app, ["downscale", str(small_scene["coarse"]), "--aux",
+                                str(small_scene["aux"]), "--model", str(tiny_bundle), "-o",
+                                str(tmp_path / "p.tif")])
+    assert plain.exit_code == 0 and "far outside" not in plain.stderr
+
+
+def test_units_are_carried_without_a_model(small_scene, tmp_path):
+    kelvin = _shifted(small_scene, tmp_path, "t_k.tif", 273.15, "K")
+    for method in ("sharpen", "bicubic"):
+        res = downscale(DownscaleConfig(coarse=(str(kelvin),), aux=parse_layers(
+            [str(small_scene["aux"])]), method=method, out=tmp_path / f"{method}.tif"))
+        with rasterio.open(res.outputs[0].path) as out:
+            assert out.units == ("K", "K")
+            assert "GEOSR_UNITS_CONVERTED" not in out.tags()
+
+
+@pytest.mark.slow
+def test_real_era5_kelvin_into_the_shipped_celsius_model(real_data, tmp_path):
+    """ERA5 2 m temperature (K, lon/lat NetCDF) through alps-t2m (degC) over Cornwall."""
+    nc = real_data / "haduk-cornwall-1km-may2018/coarse_real/era5_cornwall_201805_hourly_instant.nc"
+    dem = real_data / "haduk-cornwall-1km-may2018/aux/dtmm.tif"
+    name = f'NETCDF:"{nc}":t2m'
+    with rasterio.open(name) as src:  # two hours, written as the user would have them
+        k = src.read([13, 14]).astype(np.float32)
+        assert src.units[0] == "K"
+        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 2,
+                   "dtype": "float32", "crs": src.crs or "EPSG:4326",
+                   "transform": src.transform, "nodata": float("nan")}
+    paths = {}
+    for label, arr, units in (("k", k, "K"), ("c", k - np.float32(273.15), "degC")):
+        paths[label] = tmp_path / f"era5_{label}.tif"
+        with rasterio.open(paths[label], "w", **profile) as dst:
+            dst.write(arr)
+            for b in (1, 2):
+                dst.set_band_unit(b, units)
+    outs = {}
+    for label, src in paths.items():
+        r = runner.invoke(app, ["downscale", str(src), "--aux", f"dem={dem}", "--model",
+                                "alps-t2m", "-o", str(tmp_path / f"o_{label}.tif")])
+        assert r.exit_code == 0, r.stderr
+        assert "far outside" not in r.stderr
+        with rasterio.open(tmp_path / f"o_{label}.tif") as out:
+            outs[label] = out.read()
+            assert out.units == (("K",) * 2 if label == "k" else ("degC",) * 2)
+    valid = np.isfinite(outs["k"])
+    assert 270 < np.nanmin(outs["k"]) and np.nanmax(outs["k"]) < 300
+    np.testing.assert_allclose(outs["k"][valid] - 273.15, outs["c"][valid], atol=1e-3)

@@ -74,6 +74,8 @@ def test_cli_end_to_end(tiny_dataset, tmp_path):
     b = load_bundle(out)
     assert b.aux_names == ("dem",) and b.factor == 4 and b.res_m == 1000.0
     assert b.variable == "t2m" and b.config.conserve is True
+    r = b.training_range()  # the coarse training input, for downscale's range check
+    assert r.min < r.mean < r.max and r.mean == pytest.approx(b.norm["coarse"]["mean"])
     t = b.training
     assert t["epochs"] == 2 and t["best_epoch"] in (1, 2) and t["val"]["rmse"] > 0
     assert t["split"]["kind"] == "fraction" and t["split"]["val_samples"] == ["t2m_b004"]
