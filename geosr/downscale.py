@@ -924,9 +924,15 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             dst = open_stream_writer(tmp_tif, fine, n_bands, block_rows=STAGE_BLOCK_ROWS,
                                      descriptions=descriptions, units=units, tags=tags)
             try:
+                long_name = (info.long_names[0] if info.long_names else "") or (
+                    (getattr(bundle, "training", None) or {}).get("long_name", "")
+                    if bundle is not None else "")
                 for b in range(n_bands):
+                    band_tags = {"long_name": long_name} if long_name else {}
                     if b < len(info.dates) and info.dates[b]:
-                        dst.update_tags(b + 1, DATE_TIME=info.dates[b])
+                        band_tags["DATE_TIME"] = info.dates[b]
+                    if band_tags:
+                        dst.update_tags(b + 1, **band_tags)
                 with AlignedReader(info.path, coarse_grid,
                                    resampling_for(info, coarse_grid, coarse_input=True)) as crd:
                     for group in groups:

@@ -89,6 +89,7 @@ class Manifest:
     aux: tuple[Layer, ...]
     samples: tuple[Sample, ...]
     units: str = ""
+    long_name: str = ""
     geosr_version: str = __version__
     root: Path = field(default=Path("."), compare=False)
 
@@ -117,7 +118,7 @@ class Manifest:
             "geosr_version": self.geosr_version,
             "fine_grid": self.fine_grid.to_dict(), "coarse_grid": self.coarse_grid.to_dict(),
             "factor": self.factor, "res_m": self.res_m,
-            "variable": self.variable, "units": self.units,
+            "variable": self.variable, "units": self.units, "long_name": self.long_name,
             "coarse": layer(self.coarse), "target": layer(self.target),
             "aux": [layer(a) for a in self.aux],
             "samples": [asdict(s) for s in self.samples],
@@ -145,7 +146,8 @@ class Manifest:
         return cls(
             fine_grid=Grid.from_dict(d["fine_grid"]), coarse_grid=Grid.from_dict(d["coarse_grid"]),
             factor=int(d["factor"]), res_m=float(d["res_m"]), variable=str(d["variable"]),
-            units=str(d.get("units", "")), coarse=layer(d["coarse"]), target=layer(d.get("target")),
+            units=str(d.get("units", "")), long_name=str(d.get("long_name", "")),
+            coarse=layer(d["coarse"]), target=layer(d.get("target")),
             aux=tuple(layer(a) for a in d.get("aux", [])),
             samples=tuple(Sample(**s) for s in d["samples"]),
             geosr_version=str(d.get("geosr_version", "")), root=root,

@@ -139,6 +139,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     first = target_infos[0] if target_infos else coarse_infos[0]
     variable = layer_name_from_path(first.path)
     units = next((u for u in first.units if u), "")
+    long_name = next((n for n in first.long_names if n), "")
     samples = tuple(
         Sample(id=_sample_id(info, b), band=i + 1, source=info.path, source_band=b,
                date=info.dates[b - 1] if b - 1 < len(info.dates) else "")
@@ -161,7 +162,8 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
                            for spec, info in zip(cfg.aux, aux_infos, strict=True))
         manifest = Manifest(
             fine_grid=fine, coarse_grid=coarse, factor=factor, res_m=fine.res, variable=variable,
-            units=units, coarse=coarse_layer, target=target_layer, aux=aux_layers,
+            units=units, long_name=long_name, coarse=coarse_layer, target=target_layer,
+            aux=aux_layers,
             samples=samples, geosr_version=__version__,
         )
         manifest.write(tmp)

@@ -774,7 +774,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     def summary(epochs_done: int) -> dict:
         return {
             "dataset": str(cfg.dataset), "variable": manifest.variable, "units": manifest.units,
-            "split": split.to_dict(manifest), "epochs": epochs_done, "epochs_planned": cfg.epochs,
+            "long_name": manifest.long_name, "split": split.to_dict(manifest),
+            "epochs": epochs_done, "epochs_planned": cfg.epochs,
             "best_epoch": best_epoch, "val": best,
             "val_rmse_bilinear": baseline.get("rmse") if baseline else None,
             "seconds": round(elapsed_before + time.perf_counter() - t_loop, 2),

@@ -54,6 +54,19 @@ def test_downscale_keeps_the_users_coarse_grid_and_conserves_its_cells(tmp_path)
     np.testing.assert_allclose(means, coarse, atol=1e-4)
 
 
+def test_prepare_records_cf_units_long_name_and_dates(tmp_path):
+    _, nc, _ = _era_like(tmp_path)
+    dem = write_raster(tmp_path / "dem.tif", terrain((80, 80)), crs="EPSG:32630", res=1000,
+                       origin=(300_000, 5_660_000))
+    prepare(PrepareConfig(out_dir=tmp_path / "ds", coarse=(str(nc),),
+                          aux=(LayerSpec("dem", str(dem)),), res_m=1000, factor=20))
+    from geosr.manifest import read_manifest
+
+    m = read_manifest(tmp_path / "ds")
+    assert (m.units, m.long_name, m.variable) == ("K", "near-surface air temperature", "tas")
+    assert [s.date for s in m.samples][:2] == ["2000-01-01T00:00:00", "2000-01-02T00:00:00"]
+
+
 def test_prepare_copies_a_native_coarse_grid_without_resampling(tmp_path):
     coarse_path, dem_path, coarse = _scene(tmp_path)
     prepare(PrepareConfig(out_dir=tmp_path / "ds", coarse=(str(coarse_path),),
@@ -254,6 +267,7 @@ def test_packed_cf_netcdf_south_up_0_360_matches_the_float_geotiff(tmp_path):
         assert out.descriptions[0] == "tas 2000-01-01T00:00:00"
         assert out.tags(2)["DATE_TIME"] == "2000-01-02T00:00:00"
         assert out.units[0] == "K"
+        assert out.tags(1)["long_name"] == "near-surface air temperature"
 
 
 def test_cf_calendars_are_decoded(tmp_path):
