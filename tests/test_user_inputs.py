@@ -205,6 +205,15 @@ def test_south_up_projected_raster_in_every_verb(tmp_path):
         prepare(PrepareConfig(out_dir=tmp_path / f"ds_{name}", target=(str(o),),
                               aux=(LayerSpec("dem", str(d)),), res_m=RES, factor=F))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+    with rasterio.open(tmp_path / "n.tif") as src:
+        t = src.transform
+    truth_su = write_raster(tmp_path / "truth_su.tif", outs[0][0][::-1],
+                            transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * outs[0].shape[1]))
+    from geosr.validate import ValidateConfig, validate
+
+    rep = validate(ValidateConfig(pred=str(tmp_path / "n.tif"), truth=str(truth_su),
+                                  coarse=str(coarse_path), baselines=()))
+    assert rep.metrics["rmse"] < 1e-4 and rep.n_valid == outs[0].size
     a = _read(tmp_path / "ds_n" / "aux" / "dem.tif")[0]
     b = _read(tmp_path / "ds_s" / "aux" / "dem.tif")[0]
     np.testing.assert_array_equal(a, b)
