@@ -64,6 +64,7 @@ from geosr.io import (
 )
 from geosr.sources import LayerSpec, layer_name_from_path
 from geosr.tiling import RowStitcher, Tile, TilePlan, plan_tiles
+from geosr.timerange import TimeRange, select_bands, subset_info
 from geosr.units import UnitPlan, ValueRange, plan_units
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class DownscaleConfig:
             projected aux's, else a local UTM zone).
         bounds: (left, bottom, right, top) in the grid CRS; default: where the input and
             every aux have data.
+        time: keep only the bands whose date lies in this range (``--time``).
         tile_px: core tile size in fine pixels (rounded to whole coarse cells).
         overlap_px: context per tile side in fine pixels (default from the method).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -147,6 +149,7 @@ class DownscaleConfig:
     factor: int | None = None
     crs: str | None = None
     bounds: Bounds | None = None
+    time: TimeRange | None = None
     tile_px: int | None = None
     overlap_px: int | None = None
     device: str = "auto"
@@ -614,6 +617,11 @@ class _Plan:
     tiles: TilePlan
     units: UnitPlan | None = None  # with a model: the input's units against the model's
     range_checked: bool = False
+    bands: tuple[int, ...] = ()  # the input's 1-based bands, in output order (--time)
+
+    def source_bands(self, group: Sequence[int]) -> list[int]:
+        """1-based input bands of 0-based output positions."""
+        return [self.bands[b] for b in group] if self.bands else [b + 1 for b in group]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -651,6 +659,10 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     factor, res_m = _resolve_scale(cfg, bundle)
     infos = [raster_info(p) for p in cfg.coarse]
+    band_lists: list[tuple[int, ...]] = [()] * len(infos)
+    if cfg.time is not None:
+        band_lists = [tuple(select_bands(i.dates, cfg.time, path=i.path)) for i in infos]
+        infos = [subset_info(i, list(b)) for i, b in zip(infos, band_lists, strict=True)]
     # Units are checked before any work: a mismatch is an input error, not a late failure.
     unit_plans = [_unit_plan(info, bundle, cfg.model) for info in infos]
     aux = _resolve_aux(cfg, method, bundle)
@@ -697,7 +709,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
     tile_px = DEFAULT_TILE_PX[method] if cfg.tile_px is None else cfg.tile_px
     plans = []
-    for info, out, (fine, coarse), up in zip(infos, outs, grids, unit_plans, strict=True):
+    for info, out, (fine, coarse), up, bands in zip(infos, outs, grids, unit_plans, band_lists,
+                                                    strict=True):
         f = fine.width // coarse.width
         if cfg.overlap_px is not None:
             overlap_px = cfg.overlap_px
@@ -711,7 +724,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
                            overlap_px=overlap_px)
-        plans.append(_Plan(info, out, fine, coarse, tiles, units=up))
+        plans.append(_Plan(info, out, fine, coarse, tiles, units=up, bands=bands))
     gpu = device.type == "cuda" or str(cfg.device).startswith("cuda")
     tile_batch = cfg.tile_batch or (8 if gpu else 1)
 
@@ -974,7 +987,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     """
     info, fine, plan = p.info, p.fine, p.tiles
     name = Path(p.out).name
-    coarse = crd.read(None, [b + 1 for b in group])
+    coarse = crd.read(None, p.source_bands(group))
     if p.units is not None:  # the model sees its own units; _flush converts back
         p.units.to_model(coarse, group)
         if not p.range_checked:  # once per input: the first group holds most bands

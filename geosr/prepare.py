@@ -39,6 +39,7 @@ from geosr.io import (
 )
 from geosr.manifest import Layer, Manifest, Sample
 from geosr.sources import LayerSpec, layer_name_from_path
+from geosr.timerange import TimeRange, select_bands
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PrepareConfig:
         factor: coarse/fine factor (derived from the coarse input when None).
         crs: grid CRS (projected, metres); default from the reference input.
         bounds: (left, bottom, right, top) in the grid CRS.
+        time: keep only the bands (samples) dated in this range (``--time``).
         overwrite: replace a non-empty ``out_dir``.
         block_px: processing window size in fine pixels (rounded to whole coarse cells).
     """
@@ -71,6 +73,7 @@ class PrepareConfig:
     factor: int | None = None
     crs: str | None = None
     bounds: Bounds | None = None
+    time: TimeRange | None = None
     overwrite: bool = False
     block_px: int = 2048
 
@@ -96,8 +99,11 @@ class PrepareResult:
         }
 
 
-def _band_list(infos: list[RasterInfo]) -> list[tuple[RasterInfo, int]]:
-    return [(info, b) for info in infos for b in range(1, info.count + 1)]
+def _band_list(infos: list[RasterInfo],
+               time: TimeRange | None = None) -> list[tuple[RasterInfo, int]]:
+    if time is None:
+        return [(info, b) for info in infos for b in range(1, info.count + 1)]
+    return [(info, b) for info in infos for b in select_bands(info.dates, time, path=info.path)]
 
 
 def prepare(cfg: PrepareConfig, *, progress: Progress | None = None) -> PrepareResult:
@@ -115,8 +121,8 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     target_infos = [raster_info(p) for p in cfg.target]
     aux_infos = [raster_info(s.path) for s in cfg.aux]
 
-    coarse_bands = _band_list(coarse_infos)
-    target_bands = _band_list(target_infos)
+    coarse_bands = _band_list(coarse_infos, cfg.time)
+    target_bands = _band_list(target_infos, cfg.time)
     if coarse_bands and target_bands and len(coarse_bands) != len(target_bands):
         raise InputError(
             f"COARSE has {len(coarse_bands)} bands in {len(coarse_infos)} file(s) but --target has "

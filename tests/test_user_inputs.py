@@ -432,3 +432,52 @@ def test_era5_packed_netcdf_matches_float_geotiff(real_data, tmp_path):
     assert tx == ty
     assert np.nanmax(np.abs(x - y)) <= 0.01
     assert 260 < np.nanmin(y) and np.nanmax(y) < 300
+
+
+# --------------------------------------------------------------------------- --time
+
+
+def test_time_range_parsing():
+    from geosr.timerange import parse_time_range
+
+    r = parse_time_range("2018-05-02:2018-05-03")
+    assert r.contains("2018-05-02T00:00:00") and r.contains("2018-05-03T23:00:00")
+    assert not r.contains("2018-05-04T00:00:00") and not r.contains("2018-05-01T23:00:00")
+    assert parse_time_range("2018-05-01T06:00:2018-05-02").start == "2018-05-01T06:00"
+    assert parse_time_range(":2018-05").start is None
+    assert parse_time_range("2018-05") == parse_time_range("2018-05:2018-05")
+    for bad in ("abc", "2018-05-05:2018-05-01", ":", "2018:2019:2020"):
+        with pytest.raises(InputError, match="--time"):
+            parse_time_range(bad)
+
+
+def test_downscale_and_prepare_keep_the_dated_bands(tmp_path):
+    ref, nc, data = _era_like(tmp_path)
+    out = tmp_path / "o.tif"
+    r = CliRunner().invoke(app, ["downscale", str(nc), "--method", "bicubic", "--factor", "4",
+                                 "--res", "5000", "--time", "2000-01-02:", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    with rasterio.open(out) as src:
+        assert src.count == 2
+        assert [src.tags(b)["DATE_TIME"] for b in (1, 2)] == ["2000-01-02T00:00:00",
+                                                              "2000-01-03T00:00:00"]
+        assert src.descriptions[0] == "tas 2000-01-02T00:00:00"
+        got = src.read(1)
+    full = tmp_path / "full.tif"
+    downscale(DownscaleConfig(coarse=(str(nc),), out=full, method=Method.bicubic, factor=4,
+                              res_m=5000))
+    with rasterio.open(full) as src:
+        np.testing.assert_array_equal(src.read(2), got)
+    dem = write_raster(tmp_path / "dem.tif", terrain((80, 80)), crs="EPSG:32630", res=1000,
+                       origin=(300_000, 5_660_000))
+    r = CliRunner().invoke(app, ["prepare", str(nc), "--aux", str(dem), "--res", "1000",
+                                 "--factor", "20", "--time", "2000-01-03", "-o",
+                                 str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    from geosr.manifest import read_manifest
+
+    m = read_manifest(tmp_path / "ds")
+    assert [(s.source_band, s.date) for s in m.samples] == [(3, "2000-01-03T00:00:00")]
+    r = CliRunner().invoke(app, ["downscale", str(nc), "--method", "bicubic", "--factor", "4",
+                                 "--time", "2001", "-o", str(tmp_path / "none.tif")])
+    assert r.exit_code == 2 and "2000-01-01T00:00:00 to 2000-01-03T00:00:00" in r.stderr

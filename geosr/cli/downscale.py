@@ -14,6 +14,7 @@ from geosr.cli._common import emit_json, progress_bar, stdout
 from geosr.device import DeviceChoice
 from geosr.downscale import METHOD_LABELS, DownscaleConfig, Method, downscale
 from geosr.sources import parse_layers
+from geosr.timerange import parse_time_range
 
 EPILOG = """Examples:
 
@@ -73,6 +74,9 @@ def downscale_cmd(
         None, "--bounds", metavar="LEFT BOTTOM RIGHT TOP",
         help="Restrict the output to these bounds, in the grid CRS (default: where the input "
              "and every aux have data)."),
+    time: str = typer.Option(None, "--time", metavar="START:END",
+                             help="Keep the bands (time steps) dated in this range, e.g. "
+                                  "2018-05-01:2018-05-07 or 2018-05 (either side optional)."),
     tile: int = typer.Option(None, "--tile", help="Tile core size in fine pixels, rounded to "
                              "whole coarse cells (default 512 for a network, 768 otherwise)."),
     overlap: int = typer.Option(None, "--overlap", help="Context per tile side in fine pixels, "
@@ -93,7 +97,8 @@ def downscale_cmd(
     cfg = DownscaleConfig(
         coarse=tuple(coarse), aux=parse_layers(aux or ()), out=out, out_dir=out_dir,
         model=model, method=method, res_m=res, factor=factor, crs=crs,
-        bounds=tuple(bounds) if bounds else None, tile_px=tile,
+        bounds=tuple(bounds) if bounds else None,
+        time=parse_time_range(time) if time is not None else None, tile_px=tile,
         overlap_px=overlap, device=device.value, workers=workers, scheduler=scheduler,
         conserve=conserve, overwrite=overwrite,
         command=shlex.join(["geosr", *sys.argv[1:]]),

@@ -10,6 +10,7 @@ from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, say
 from geosr.prepare import PrepareConfig, prepare
 from geosr.sources import parse_layers
+from geosr.timerange import parse_time_range
 
 EPILOG = """Examples:
 
@@ -37,10 +38,14 @@ def prepare_cmd(
     factor: int = typer.Option(None, "--factor", help="Coarse/fine factor, 2..64 "
                                "(default: from the coarse input's cell size)."),
     crs: str = typer.Option(None, "--crs", help="Projected CRS of the grids, e.g. EPSG:3035 "
-                            "(default: the input's, or a local UTM zone)."),
+                            "(default: the input's if projected, else a projected aux's, "
+                            "else a local UTM zone)."),
     bounds: tuple[float, float, float, float] | None = typer.Option(
         None, "--bounds", metavar="LEFT BOTTOM RIGHT TOP",
         help="Restrict to these bounds, in the grid CRS."),
+    time: str = typer.Option(None, "--time", metavar="START:END",
+                             help="Keep the bands (samples) dated in this range, e.g. "
+                                  "2018-05-01:2018-05-20 (either side optional)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -48,7 +53,8 @@ def prepare_cmd(
     cfg = PrepareConfig(
         out_dir=out, coarse=tuple(coarse or ()), target=tuple(target or ()),
         aux=parse_layers(aux or ()), res_m=res, factor=factor, crs=crs,
-        bounds=tuple(bounds) if bounds else None, overwrite=overwrite,
+        bounds=tuple(bounds) if bounds else None,
+        time=parse_time_range(time) if time is not None else None, overwrite=overwrite,
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
         result = prepare(cfg, progress=progress)
