@@ -80,10 +80,11 @@ MIN_CLASS_SHARE = 0.01
 """Classes covering less of the valid area get no indicator (pooled into the reference)."""
 MAX_CLASSES = 12
 """Classes of one categorical layer modelled at most, the reference included."""
-CLASS_SHRINK = 1.0
-"""Ridge weight of class indicators, in pixel units (see :func:`_fit_classes`): 1 keeps
-land type from making MeteoSwiss temperature, precipitation or sunshine worse at
-16 km -> 1 km and 8 km -> 1 km (within 0.5 %) while a real class effect still shows."""
+CLASS_SHRINK = 0.5
+"""Ridge weight of class indicators, in pixel units (see :func:`_fit_classes`). With 0.5
+the MeteoSwiss land type made none of 7 temperature, precipitation and sunshine fields
+worse at 16 km -> 1 km or 8 km -> 1 km (0.1: up to 6 % worse), while a real class effect
+keeps a fair share of its size (benchmarks/landcover_sharpen.py, tests/test_classes.py)."""
 CLASS_P_MAX = 1e-3
 """Class terms are used only when they explain the local contrasts of the coarse field
 at this significance (F test); else their coefficients are 0."""

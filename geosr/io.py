@@ -567,7 +567,7 @@ MAX_DETECTED_CLASSES = 32
 """A raster with this many distinct integer values or fewer (and no units) reads as classes."""
 DETECT_MAX_PX = 1 << 20
 """Pixels of the decimated read that counts distinct values (nearest, ~1M px)."""
-_CLASS_WORDS = re.compile(r"(?<![a-z])(class|categor|land ?cover|land ?use|lulc|land ?type)")
+_CLASS_WORDS = re.compile(r"(?<![a-z])(class|categor|land[ _-]?(cover|use|type)|lulc)")
 _CLASS_TAGS = ("long_name", "standard_name", "description", "DESCRIPTION", "NAME", "name")
 
 
