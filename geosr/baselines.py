@@ -85,6 +85,8 @@ CLASS_SHRINK = 0.5
 the MeteoSwiss land type made none of 7 temperature, precipitation and sunshine fields
 worse at 16 km -> 1 km or 8 km -> 1 km (0.1: up to 6 % worse), while a real class effect
 keeps a fair share of its size (benchmarks/landcover_sharpen.py, tests/test_classes.py)."""
+MAX_CLASS_VALUES = 256
+"""Distinct values a categorical layer may hold (as ``prepare`` allows)."""
 CLASS_P_MAX = 1e-3
 """Class terms are used only when they explain the local contrasts of the coarse field
 at this significance (F test); else their coefficients are 0."""
@@ -124,21 +126,24 @@ class SharpenTerm:
     label: str = ""
 
 
-def design(terms: tuple[SharpenTerm, ...], aux: np.ndarray) -> np.ndarray:
-    """The predictors of ``terms`` computed from aux layers ``(A, ...)``: ``(T, ...)``
-    float32, NaN where the term's layer is NaN."""
-    if all(t.value is None and t.layer == k for k, t in enumerate(terms)) \
-            and len(terms) == aux.shape[0]:
-        return aux  # continuous layers in order: the aux themselves
-    out = np.empty((len(terms), *aux.shape[1:]), np.float32)
-    for k, t in enumerate(terms):
-        a = aux[t.layer]
-        if t.value is None:
-            out[k] = a
-        else:
-            out[k] = a == np.float32(t.value)
-            out[k][~np.isfinite(a)] = np.nan
+def _column(term: SharpenTerm, aux: np.ndarray) -> np.ndarray:
+    """One predictor from aux layers ``(A, ...)``: float32, NaN where its layer is NaN."""
+    a = aux[term.layer]
+    if term.value is None:
+        return a
+    out = (a == np.float32(term.value)).astype(np.float32)
+    out[~np.isfinite(a)] = np.nan
     return out
+
+
+def check_class_count(n: int, name: str) -> None:
+    """Refuse a "categorical" layer with more distinct values than a class raster has."""
+    if n > MAX_CLASS_VALUES:
+        from geosr.errors import InputError
+
+        raise InputError(f"--aux {name} is categorical but has more than {MAX_CLASS_VALUES} "
+                         f"distinct values; expected a class raster (mark it "
+                         f"{name}=PATH:continuous for continuous data)")
 
 
 def preselect_classes(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -176,9 +181,10 @@ def coarse_layers(aux_fine: np.ndarray, factor: int, *,
             out.append(CoarseLayer(names[k], block_mean_valid(a[None], factor)))
             continue
         values, counts = np.unique(a[np.isfinite(a)], return_counts=True)
+        check_class_count(values.size, names[k])
         classes = preselect_classes(values, counts)
-        shares = np.stack([block_mean_valid(design((SharpenTerm(0, float(v)),), a[None]),
-                                            factor)[0] for v in classes]) if classes.size \
+        shares = np.stack([block_mean_valid(_column(SharpenTerm(0, float(v)), a[None]), factor)
+                           for v in classes]) if classes.size \
             else np.empty((0, a.shape[0] // factor, a.shape[1] // factor), np.float32)
         out.append(CoarseLayer(names[k], shares, tuple(float(v) for v in classes)))
     return out
@@ -233,16 +239,20 @@ class SharpenFit:
     reference: tuple[str, ...] = ()
     class_p: float | None = None
 
-    def columns(self, aux: np.ndarray) -> np.ndarray:
-        """The fit's predictors ``(T, ...)`` computed from aux layers ``(A, ...)``."""
-        return design(self.terms, aux)
+    def apply(self, aux: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fit on fine aux ``(A, H, W)`` and on its block means (class shares).
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Apply to predictors ``x`` of shape ``(T, ...)``; returns ``(...)`` float32."""
-        out = np.full(x.shape[1:], self.intercept, dtype=np.float64)
-        for k, c in enumerate(self.coef):
-            out += c * x[k]
-        return out.astype(np.float32)
+        Returns ``(H, W)`` and ``(H / factor, W / factor)`` float32, NaN where a term is
+        NaN. One predictor at a time: memory does not grow with the number of classes.
+        """
+        h, w = aux.shape[-2:]
+        fine = np.full((h, w), self.intercept, dtype=np.float64)
+        coarse = np.full((h // factor, w // factor), self.intercept, dtype=np.float64)
+        for t, c in zip(self.terms, self.coef, strict=True):
+            x = _column(t, aux)
+            fine += c * x
+            coarse += c * block_mean_valid(x, factor)
+        return fine.astype(np.float32), coarse.astype(np.float32)
 
     def describe(self) -> str:
         """``dem -0.0061, landcover=4 0.52`` (for logs)."""
@@ -445,9 +455,8 @@ def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarr
         ``(h*f, w*f)`` float32; NaN where the coarse cell or any aux is NaN.
     """
     if fit.terms:
-        x = fit.columns(aux_fine_win)
-        resid = coarse_win - fit.predict(block_mean_valid(x, factor))
-        fine = fit.predict(x) + upsample(resid, factor, interp)
+        fine_fit, coarse_fit = fit.apply(aux_fine_win, factor)
+        fine = fine_fit + upsample(coarse_win - coarse_fit, factor, interp)
         # Where aux is missing but the coarse value exists, fall back to interpolation.
         plain = upsample(coarse_win, factor, interp)
         fine = np.where(np.isfinite(fine), fine, plain)

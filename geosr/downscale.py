@@ -998,10 +998,10 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterI
     fits = []
     for k, b in enumerate(group):
         fit = fit_sharpen(coarse[k], aux_coarse)
-        log.info("%s band %d: sharpening fit R2 %.3f over %d cells (coef %s%s)", info.path,
+        log.info("%s band %d: sharpening fit R2 %.3f over %d cells (coef %s%s%s)", info.path,
                  b + 1, fit.r2, fit.n, fit.describe() or "none",
-                 f"; reference {', '.join(fit.reference)}, class test p {fit.class_p:.2g}"
-                 if fit.reference else "")
+                 f"; reference {', '.join(fit.reference)}" if fit.reference else "",
+                 f"; class test p {fit.class_p:.2g}" if fit.class_p is not None else "")
         tags = {"GEOSR_SHARPEN_R2": f"{fit.r2:.4f}",
                 "GEOSR_SHARPEN_COEF": ",".join(f"{c:.6g}" for c in fit.coef),
                 "GEOSR_SHARPEN_TERMS": ",".join(t.label for t in fit.terms),
@@ -1033,7 +1033,7 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from geosr.baselines import CoarseLayer, preselect_classes
+    from geosr.baselines import CoarseLayer, check_class_count, preselect_classes
 
     f = fine.width // coarse.width
     on_grid = resampling is None
@@ -1079,8 +1079,9 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
                 continue
             a = arr[0]
             valid = np.isfinite(a)
-            per_class = {float(v): _block_count(a == v, f)
-                         for v in np.unique(a[valid])}
+            values = np.unique(a[valid])
+            check_class_count(values.size, name or path)
+            per_class = {float(v): _block_count(a == v, f) for v in values}
             parts.append((r0, c0, _block_count(valid, f), per_class))
         return parts
 
@@ -1099,6 +1100,7 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     for *_, per_class in parts:
         for v, cnt in per_class.items():
             totals[v] = totals.get(v, 0) + int(cnt.sum())
+    check_class_count(len(totals), name or path)
     classes = preselect_classes(np.array(list(totals), np.float64),
                                 np.array(list(totals.values()), np.float64))
     shares = np.full((classes.size, coarse.height, coarse.width), np.nan, np.float32)

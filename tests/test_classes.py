@@ -16,6 +16,7 @@ from scipy import ndimage
 from geosr import baselines as B
 from geosr.align import block_mean
 from geosr.downscale import DownscaleConfig, downscale, match_aux
+from geosr.errors import InputError
 from geosr.io import class_raster_reason
 from geosr.manifest import read_manifest
 from geosr.prepare import PrepareConfig, prepare
@@ -241,6 +242,19 @@ def test_downscale_with_only_a_class_layer(cscene, tmp_path):
     out, tags = _downscale(cscene, [str(cscene["lc"])], tmp_path / "o.tif")
     assert "landcover=3" in tags["GEOSR_SHARPEN_TERMS"].split(",")
     np.testing.assert_allclose(block_mean(out, F), cscene["coarse_arr"], atol=1e-4)
+
+
+def test_one_class_layer_and_too_many_values(cscene, tmp_path):
+    one = write_raster(tmp_path / "one.tif", np.full((320, 400), 7, np.uint8), res=500.0,
+                       origin=ORIGIN, dtype="uint8", nodata=0)
+    _, tags = _downscale(cscene, [str(cscene["dem"]), f"one={one}:categorical"],
+                         tmp_path / "o.tif")
+    assert tags["GEOSR_SHARPEN_TERMS"] == "dem" and tags["GEOSR_SHARPEN_REFERENCE"] == "one=7"
+    noise = np.random.default_rng(0).normal(size=(320, 400)).astype(np.float32)
+    many = write_raster(tmp_path / "many.tif", noise, res=500.0, origin=ORIGIN)
+    with pytest.raises(InputError, match=r"--aux many is categorical but has more than 256"):
+        _downscale(cscene, [str(cscene["dem"]), f"many={many}:categorical"], tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
 
 
 def test_categorical_aux_does_not_depend_on_tile_size(tmp_path):
