@@ -3,6 +3,12 @@
 These need no training data. They are the yardsticks ``validate`` reports beside the
 network, and ``downscale --method sharpen`` is the default when no model is given.
 
+Sharpening takes continuous aux as they are and categorical aux (land cover) as 0/1
+indicators of their classes: :func:`coarse_layers` (or the tiled reader of
+``downscale``) summarises each layer on the coarse grid, :func:`fit_sharpen` fits the
+scene once, :func:`sharpen_tile` applies the fit to any window; :func:`sharpen` is the
+three on a whole array.
+
 Geometry: a coarse cell ``(i, j)`` covers fine pixels ``[i*f, (i+1)*f) x [j*f, (j+1)*f)``;
 interpolation places coarse values at cell centres (``align_corners=False``), which is
 what makes a tile of a padded coarse window identical to the same pixels of the whole.
@@ -136,14 +142,18 @@ def _column(term: SharpenTerm, aux: np.ndarray) -> np.ndarray:
     return out
 
 
-def check_class_count(n: int, name: str) -> None:
-    """Refuse a "categorical" layer with more distinct values than a class raster has."""
+def check_class_count(n: int, label: str) -> None:
+    """Refuse a "categorical" layer with more distinct values than a class raster has.
+
+    ``label``: ``name=path`` (or the layer name) for the message.
+    """
     if n > MAX_CLASS_VALUES:
         from geosr.errors import InputError
 
-        raise InputError(f"--aux {name} is categorical but has more than {MAX_CLASS_VALUES} "
-                         f"distinct values; expected a class raster (mark it "
-                         f"{name}=PATH:continuous for continuous data)")
+        fix = f"{label}:continuous" if "=" in label else f"{label}=PATH:continuous"
+        raise InputError(f"--aux {label} is categorical but has more than {MAX_CLASS_VALUES} "
+                         f"distinct values; expected a class raster (mark it {fix} for "
+                         "continuous data)")
 
 
 def preselect_classes(values: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -1080,7 +1080,7 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
             a = arr[0]
             valid = np.isfinite(a)
             values = np.unique(a[valid])
-            check_class_count(values.size, name or path)
+            check_class_count(values.size, f"{name}={path}" if name else path)
             per_class = {float(v): _block_count(a == v, f) for v in values}
             parts.append((r0, c0, _block_count(valid, f), per_class))
         return parts
@@ -1100,7 +1100,7 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     for *_, per_class in parts:
         for v, cnt in per_class.items():
             totals[v] = totals.get(v, 0) + int(cnt.sum())
-    check_class_count(len(totals), name or path)
+    check_class_count(len(totals), f"{name}={path}" if name else path)
     classes = preselect_classes(np.array(list(totals), np.float64),
                                 np.array(list(totals.values()), np.float64))
     shares = np.full((classes.size, coarse.height, coarse.width), np.nan, np.float32)

@@ -252,7 +252,8 @@ def test_one_class_layer_and_too_many_values(cscene, tmp_path):
     assert tags["GEOSR_SHARPEN_TERMS"] == "dem" and tags["GEOSR_SHARPEN_REFERENCE"] == "one=7"
     noise = np.random.default_rng(0).normal(size=(320, 400)).astype(np.float32)
     many = write_raster(tmp_path / "many.tif", noise, res=500.0, origin=ORIGIN)
-    with pytest.raises(InputError, match=r"--aux many is categorical but has more than 256"):
+    with pytest.raises(InputError, match=r"--aux many=.*many.tif is categorical but has more "
+                                         r"than 256 .*many.tif:continuous"):
         _downscale(cscene, [str(cscene["dem"]), f"many={many}:categorical"], tmp_path / "m.tif")
     assert not (tmp_path / "m.tif").exists()
 
