@@ -62,7 +62,7 @@ from geosr.io import (
     raster_info,
     translate_to_cog,
 )
-from geosr.sources import LayerSpec, layer_name_from_path
+from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
 from geosr.tiling import RowStitcher, Tile, TilePlan, plan_tiles
 from geosr.timerange import TimeRange, select_bands, subset_info
 from geosr.units import UnitPlan, ValueRange, plan_units
@@ -503,7 +503,13 @@ def match_aux(specs: Sequence[LayerSpec], expected: Sequence[str], *, model: str
                         "to match by name)", s.name, s.path, name, name)
             ordered.append(LayerSpec(name=name, path=s.path, categorical=s.categorical))
     if categorical is not None:
-        ordered = [LayerSpec(s.name, s.path, s.categorical or bool(c))
+        # The model's record wins: its channels were built that way in training.
+        for s, c in zip(ordered, categorical, strict=True):
+            if s.categorical is not None and s.categorical != bool(c):
+                log.warning("--aux %s is marked %s but model %s uses it as %s; following the "
+                            "model", s.name, "categorical" if s.categorical else "continuous",
+                            model, "classes" if c else "a continuous layer")
+        ordered = [LayerSpec(s.name, s.path, bool(c))
                    for s, c in zip(ordered, categorical, strict=True)]
     return tuple(ordered)
 
@@ -877,17 +883,11 @@ def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpe
         if cfg.aux:
             log.info("--method bicubic ignores --aux")
         return ()
-    usable = []
-    for s in cfg.aux:
-        if s.categorical:
-            log.warning("--aux %s is categorical; regression sharpening uses continuous aux "
-                        "only, so it is skipped", s.name)
-        else:
-            usable.append(s)
-    if not usable:
-        raise InputError("--method sharpen needs at least one continuous --aux layer (e.g. "
-                         "--aux dem.tif); without aux use --method bicubic")
-    return tuple(usable)
+    if not cfg.aux:
+        raise InputError("--method sharpen needs at least one --aux layer (e.g. --aux dem.tif); "
+                         "without aux use --method bicubic")
+    # Categorical layers (marked or detected) enter the regression as class indicators.
+    return resolve_categorical(cfg.aux)
 
 
 def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec], *,
@@ -912,10 +912,10 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     t0 = time.perf_counter()
     aux_coarse = None
     if job.method is Method.sharpen:
-        aux_coarse = np.concatenate([
-            _read_coarse_aux(s.path, fine, coarse_grid, engine.workers, on_grid=r is None,
-                             max_cells=FIT_MAX_CELLS)
-            for s, (_, r) in zip(aux, job.aux, strict=True)])
+        aux_coarse = [_read_coarse_aux(s.path, fine, coarse_grid, engine.workers, resampling=r,
+                                       categorical=bool(s.categorical), name=s.name,
+                                       max_cells=FIT_MAX_CELLS)
+                      for s, (_, r) in zip(aux, job.aux, strict=True)]
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else info.variable or layer_name_from_path(info.path)
@@ -979,7 +979,7 @@ def _band_description(info: RasterInfo, band: int, variable: str) -> str:
 
 
 def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predictor, dst,
-                  aux_coarse: np.ndarray | None, *, conserve: bool, tile_batch: int,
+                  aux_coarse: list | None, *, conserve: bool, tile_batch: int,
                   done: int, total: int, progress: Progress | None) -> int:
     """Predict, stitch, conserve and write one group of bands; returns tiles done.
 
@@ -1079,9 +1079,16 @@ def _mask_nodata(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarra
     return fine
 
 
-def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: np.ndarray, info: RasterInfo,
+def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterInfo,
                group: list[int], dst) -> TileJob:
-    """Fit the sharpening regression per band on the whole scene (coarse scale)."""
+    """Fit the sharpening regression per band on the whole scene (coarse scale).
+
+    The band tags record the fit: ``GEOSR_SHARPEN_TERMS`` names what each value of
+    ``GEOSR_SHARPEN_COEF`` multiplies (an aux layer, or ``name=class`` for a class of a
+    categorical layer, relative to its ``GEOSR_SHARPEN_REFERENCE`` class);
+    ``GEOSR_SHARPEN_CLASS_P`` is the p-value of the test the class terms must pass to be
+    used (:func:`geosr.baselines.fit_sharpen`).
+    """
     from dataclasses import replace
 
     from geosr.baselines import fit_sharpen
@@ -1089,30 +1096,45 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: np.ndarray, info: R
     fits = []
     for k, b in enumerate(group):
         fit = fit_sharpen(coarse[k], aux_coarse)
-        log.info("%s band %d: sharpening fit R2 %.3f over %d cells (coef %s)", info.path, b + 1,
-                 fit.r2, fit.n, np.array2string(fit.coef, precision=4))
-        dst.update_tags(b + 1, GEOSR_SHARPEN_R2=f"{fit.r2:.4f}",
-                        GEOSR_SHARPEN_COEF=",".join(f"{c:.6g}" for c in fit.coef),
-                        GEOSR_SHARPEN_INTERCEPT=f"{fit.intercept:.6g}")
+        log.info("%s band %d: sharpening fit R2 %.3f over %d cells (coef %s%s%s)", info.path,
+                 b + 1, fit.r2, fit.n, fit.describe() or "none",
+                 f"; reference {', '.join(fit.reference)}" if fit.reference else "",
+                 f"; class test p {fit.class_p:.2g}" if fit.class_p is not None else "")
+        tags = {"GEOSR_SHARPEN_R2": f"{fit.r2:.4f}",
+                "GEOSR_SHARPEN_COEF": ",".join(f"{c:.6g}" for c in fit.coef),
+                "GEOSR_SHARPEN_TERMS": ",".join(t.label for t in fit.terms),
+                "GEOSR_SHARPEN_INTERCEPT": f"{fit.intercept:.6g}"}
+        if fit.reference:
+            tags["GEOSR_SHARPEN_REFERENCE"] = ",".join(fit.reference)
+        if fit.class_p is not None:
+            tags["GEOSR_SHARPEN_CLASS_P"] = f"{fit.class_p:.3g}"
+        dst.update_tags(b + 1, **tags)
         fits.append(fit)
     # Indexing in predict_tiles is by position within the group.
     return replace(job, fits=tuple(fits))
 
 
 def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
-                     on_grid: bool, max_cells: int | None = None) -> np.ndarray:
-    """Band 1 of an aux layer averaged over each coarse cell, in row strips on threads.
+                     resampling: Resampling | None, categorical: bool = False, name: str = "",
+                     max_cells: int | None = None):
+    """Band 1 of an aux layer summarised over each coarse cell, in row strips on threads.
 
-    Used to fit the sharpening regression. A source on the fine grid's lattice is read
-    directly and block-averaged over its valid cells (exact); any other source goes
-    through GDAL's area-weighted average onto the coarse grid. With ``max_cells``, only
-    every k-th strip (about 1024 fine rows each) is read, enough for ``max_cells`` coarse
-    cells spread over the scene; other rows are NaN (the fit ignores them).
+    Used to fit the sharpening regression; returns a :class:`geosr.baselines.CoarseLayer`.
+    A continuous source on the fine grid's lattice (``resampling`` None) is read directly
+    and block-averaged over its valid cells (exact); any other continuous source goes
+    through GDAL's area-weighted average onto the coarse grid. A categorical source is
+    read on the fine grid as the tiles read it (``resampling``: mode/nearest) and each
+    class's share of the valid fine pixels of each cell is counted, so the shares are
+    the exact means of the fine indicators. With ``max_cells``, only every k-th strip
+    (about 1024 fine rows each) is read, enough for ``max_cells`` coarse cells spread
+    over the scene; other rows are NaN (the fit ignores them).
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from geosr.baselines import CoarseLayer, check_class_count, preselect_classes
+
     f = fine.width // coarse.width
-    out = np.full((1, coarse.height, coarse.width), np.nan, np.float32)
+    on_grid = resampling is None
     step = max(1, 1024 // f)  # coarse rows per strip
     starts = list(range(0, coarse.height, step))
     cells = coarse.width * coarse.height
@@ -1126,8 +1148,13 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     def reader():
         rd = getattr(local, "rd", None)
         if rd is None:
-            rd = (OnGridReader(path, fine) if on_grid
-                  else AlignedReader(path, coarse, Resampling.average)).__enter__()
+            if on_grid:
+                rd = OnGridReader(path, fine)
+            elif categorical:
+                rd = AlignedReader(path, fine, resampling)
+            else:
+                rd = AlignedReader(path, coarse, Resampling.average)
+            rd = rd.__enter__()
             local.rd = rd
             with lock:
                 opened.append(rd)
@@ -1135,23 +1162,60 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
 
     col_step = max(1, 1024 // f)  # coarse columns per read: bounded temporaries
 
-    def strip(r0: int) -> None:
+    def strip(r0: int) -> list[tuple]:
+        """Per read: (r0, c0, mean) or, categorical, (r0, c0, valid count, {class: count})."""
         r1 = min(r0 + step, coarse.height)
+        parts = []
         for c0 in range(0, coarse.width, col_step):
             c1 = min(c0 + col_step, coarse.width)
-            if on_grid:
-                arr = reader().read(Window(c0 * f, r0 * f, (c1 - c0) * f, (r1 - r0) * f), [1])
-                out[:, r0:r1, c0:c1] = _block_mean(arr, f)
-            else:
-                out[:, r0:r1, c0:c1] = reader().read(Window(c0, r0, c1 - c0, r1 - r0), [1])
+            if not (on_grid or categorical):
+                parts.append((r0, c0, reader().read(Window(c0, r0, c1 - c0, r1 - r0), [1])))
+                continue
+            arr = reader().read(Window(c0 * f, r0 * f, (c1 - c0) * f, (r1 - r0) * f), [1])
+            if not categorical:
+                parts.append((r0, c0, _block_mean(arr, f)))
+                continue
+            a = arr[0]
+            valid = np.isfinite(a)
+            values = np.unique(a[valid])
+            check_class_count(values.size, f"{name}={path}" if name else path)
+            per_class = {float(v): _block_count(a == v, f) for v in values}
+            parts.append((r0, c0, _block_count(valid, f), per_class))
+        return parts
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(strip, starts))
+            parts = [p for strip_parts in pool.map(strip, starts) for p in strip_parts]
     finally:
         for rd in opened:
             rd.__exit__(None, None, None)
-    return out
+    if not categorical:
+        out = np.full((1, coarse.height, coarse.width), np.nan, np.float32)
+        for r0, c0, mean in parts:
+            out[:, r0:r0 + mean.shape[1], c0:c0 + mean.shape[2]] = mean
+        return CoarseLayer(name, out)
+    totals: dict[float, int] = {}
+    for *_, per_class in parts:
+        for v, cnt in per_class.items():
+            totals[v] = totals.get(v, 0) + int(cnt.sum())
+    check_class_count(len(totals), f"{name}={path}" if name else path)
+    classes = preselect_classes(np.array(list(totals), np.float64),
+                                np.array(list(totals.values()), np.float64))
+    shares = np.full((classes.size, coarse.height, coarse.width), np.nan, np.float32)
+    for r0, c0, count, per_class in parts:
+        h, w = count.shape
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for i, v in enumerate(classes):
+                cnt = per_class.get(float(v))
+                shares[i, r0:r0 + h, c0:c0 + w] = np.where(
+                    count > 0, (0 if cnt is None else cnt) / np.maximum(count, 1), np.nan)
+    return CoarseLayer(name, shares, tuple(float(v) for v in classes))
+
+
+def _block_count(mask: np.ndarray, f: int) -> np.ndarray:
+    """Number of True cells in each ``f x f`` block of a 2-D mask (int32)."""
+    r, c = mask.shape
+    return mask.reshape(r // f, f, c // f, f).sum(axis=(1, 3), dtype=np.int32)
 
 
 def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:

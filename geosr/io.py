@@ -756,3 +756,78 @@ def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,
     part[~np.isfinite(part)] = np.nan
     out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
     return out
+
+
+# --------------------------------------------------------------------------- class rasters
+
+MAX_DETECTED_CLASSES = 32
+"""A raster with this many distinct integer values or fewer (and no units) reads as classes."""
+DETECT_MAX_PX = 1 << 20
+"""Pixels of the decimated read that counts distinct values (nearest, ~1M px)."""
+_CLASS_WORDS = re.compile(r"(?<![a-z])(class|categor|land[ _-]?(cover|use|type)|lulc)")
+_CLASS_TAGS = ("long_name", "standard_name", "description", "DESCRIPTION", "NAME", "name")
+
+
+def _pam_band1(path: str) -> str:
+    """Band 1 of a GDAL ``.aux.xml`` sidecar as text ('' when there is none)."""
+    side = Path(f"{path}.aux.xml")
+    if not side.is_file():
+        return ""
+    try:
+        text = side.read_text(errors="replace")
+    except OSError:
+        return ""
+    m = re.search(r'<PAMRasterBand band="1">(.*?)</PAMRasterBand>', text, re.S)
+    return m.group(1) if m else ""
+
+
+def class_raster_reason(path: str | os.PathLike) -> str | None:
+    """Why band 1 of ``path`` looks like a class raster (land cover...), or None.
+
+    Only integer rasters qualify; then any of: a colour table, category names or a
+    raster attribute table (in a ``.aux.xml`` sidecar), CF ``flag_values``, a band
+    description or name tag that speaks of classes, categories, land cover/use, or at
+    most :data:`MAX_DETECTED_CLASSES` distinct values in a decimated read of a band
+    without units. An int16 DEM has hundreds of distinct values and is not detected.
+
+    Returns:
+        A short reason for a log line, e.g. ``"uint8 with 11 distinct values"``.
+    """
+    path = str(path)
+    with open_raster(path) as src:
+        if src.count == 0:
+            return None
+        dtype = src.dtypes[0]
+        if not np.issubdtype(np.dtype(dtype), np.integer):
+            return None
+        try:
+            if src.colormap(1):
+                return f"{dtype} with a colour table"
+        except ValueError:  # no colour table
+            pass
+        pam = _pam_band1(path)
+        if "<CategoryNames>" in pam:
+            return f"{dtype} with category names"
+        if "<GDALRasterAttributeTable" in pam:
+            return f"{dtype} with a raster attribute table"
+        tags = {**src.tags(), **src.tags(1)}
+        if any(k.endswith(("flag_values", "flag_meanings")) for k in tags):
+            return f"{dtype} with CF flag_values"
+        desc = (src.descriptions[0] if src.descriptions else None) or ""
+        for what, text in (("band description", desc),
+                           *((f"{k} tag", tags[k]) for k in _CLASS_TAGS if k in tags)):
+            if text and _CLASS_WORDS.search(str(text).lower()):
+                return f"{dtype}, {what} {str(text)[:40]!r}"
+        if src.units and src.units[0]:
+            return None  # a quantity with units (m, K...), however few its values
+        scale = max(1.0, (src.width * src.height / DETECT_MAX_PX) ** 0.5)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        try:
+            arr = src.read(1, out_shape=shape, masked=True, resampling=Resampling.nearest)
+        except RasterioError as e:
+            raise RasterReadError(f"{path}: read failed ({_reason(e)}); the file may be "
+                                  "truncated or corrupt") from e
+        values = np.unique(arr.compressed())
+        if 1 < values.size <= MAX_DETECTED_CLASSES:
+            return f"{dtype} with {values.size} distinct values"
+    return None

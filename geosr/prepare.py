@@ -38,7 +38,7 @@ from geosr.io import (
     raster_info,
 )
 from geosr.manifest import Layer, Manifest, Sample
-from geosr.sources import LayerSpec, layer_name_from_path
+from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
 from geosr.timerange import TimeRange, select_bands
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     coarse_infos = [raster_info(p) for p in cfg.coarse]
     target_infos = [raster_info(p) for p in cfg.target]
     aux_infos = [raster_info(s.path) for s in cfg.aux]
+    aux = resolve_categorical(cfg.aux)
 
     coarse_bands = _band_list(coarse_infos, cfg.time)
     target_bands = _band_list(target_infos, cfg.time)
@@ -138,7 +139,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
         check_coverage(info, coarse, option="COARSE", area=area)
     for info in target_infos:
         check_coverage(info, fine, option="--target", area=area)
-    for spec, info in zip(cfg.aux, aux_infos, strict=True):
+    for spec, info in zip(aux, aux_infos, strict=True):
         check_coverage(info, fine, option=f"--aux {spec.name}", area=area)
 
     block = max(factor, (cfg.block_px // factor) * factor)
@@ -165,7 +166,7 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
         coarse_layer = (_write_coarse(coarse_bands, coarse, block // factor, tmp, units, progress)
                         if coarse_bands else agg_layer)
         aux_layers = tuple(_write_aux(spec, info, fine, block, tmp, progress)
-                           for spec, info in zip(cfg.aux, aux_infos, strict=True))
+                           for spec, info in zip(aux, aux_infos, strict=True))
         manifest = Manifest(
             fine_grid=fine, coarse_grid=coarse, factor=factor, res_m=fine.res, variable=variable,
             units=units, long_name=long_name, coarse=coarse_layer, target=target_layer,
@@ -305,9 +306,10 @@ def _write_aux(spec: LayerSpec, info: RasterInfo, fine: Grid, block: int, tmp: P
                 if spec.categorical:
                     classes.update(np.unique(arr[np.isfinite(arr)]).tolist())
                     if len(classes) > MAX_CLASSES:
-                        raise InputError(f"--aux {spec.name}={info.path}:categorical has more than "
-                                         f"{MAX_CLASSES} distinct values; expected a class raster "
-                                         "(drop ':categorical' for continuous data)")
+                        raise InputError(f"--aux {spec.name}={info.path} is categorical but has "
+                                         f"more than {MAX_CLASSES} distinct values; expected a "
+                                         f"class raster (mark it {spec.name}={info.path}"
+                                         ":continuous for continuous data)")
                 if progress:
                     progress(f"aux {spec.name}", i, len(windows))
     finally:
@@ -317,5 +319,5 @@ def _write_aux(spec: LayerSpec, info: RasterInfo, fine: Grid, block: int, tmp: P
     if resampling is Resampling.nearest and not spec.categorical:
         log.debug("aux %s copied without resampling (aligned)", spec.name)
     return Layer(name=spec.name, path=rel, grid="fine", bands=1, units=units,
-                 categorical=spec.categorical, classes=tuple(sorted(classes)),
+                 categorical=bool(spec.categorical), classes=tuple(sorted(classes)),
                  source=(info.path,), stats=st)

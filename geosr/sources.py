@@ -1,28 +1,38 @@
 """Named input layers: how a user's ``--aux`` token becomes a layer spec.
 
 Syntax: ``path`` (name = file stem), ``name=path``, and a ``:categorical`` suffix for
-class rasters such as land cover (resampled with mode/nearest, never averaged).
+class rasters such as land cover (resampled with mode/nearest, never averaged) or a
+``:continuous`` suffix for numbers. Without a suffix, :func:`resolve_categorical` decides
+from the file (:func:`geosr.io.class_raster_reason`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from geosr.errors import InputError
 
+log = logging.getLogger(__name__)
+
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 CATEGORICAL_SUFFIX = ":categorical"
+CONTINUOUS_SUFFIX = ":continuous"
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """An auxiliary layer: its name, source path and whether it holds classes."""
+    """An auxiliary layer: its name, source path and whether it holds classes.
+
+    ``categorical`` is True (``:categorical``), False (``:continuous``) or None (not
+    said: :func:`resolve_categorical` looks at the file).
+    """
 
     name: str
     path: str
-    categorical: bool = False
+    categorical: bool | None = None
 
 
 _VARIABLE_RE = re.compile(r'^(?:(?:NETCDF|HDF5):"?.+?"?|.+\.(?:nc|nc4|cdf|netcdf|h5|hdf5|he5)):'
@@ -41,15 +51,16 @@ def layer_name_from_path(path: str) -> str:
 
 
 def parse_layer(token: str, *, option: str = "--aux") -> LayerSpec:
-    """Parse ``[name=]path[:categorical]``."""
+    """Parse ``[name=]path[:categorical|:continuous]``."""
     text = token.strip()
     if not text:
-        raise InputError(
-            f"{option}: empty value; expected PATH, NAME=PATH or NAME=PATH:categorical"
-        )
-    categorical = text.endswith(CATEGORICAL_SUFFIX)
-    if categorical:
-        text = text[: -len(CATEGORICAL_SUFFIX)]
+        raise InputError(f"{option}: empty value; expected PATH, NAME=PATH, "
+                         "NAME=PATH:categorical or NAME=PATH:continuous")
+    categorical = None
+    for suffix, value in ((CATEGORICAL_SUFFIX, True), (CONTINUOUS_SUFFIX, False)):
+        if text.endswith(suffix):
+            text, categorical = text[: -len(suffix)], value
+            break
     name = None
     if "=" in text:
         name, text = text.split("=", 1)
@@ -73,3 +84,28 @@ def parse_layers(
                              f"{s.path}; name them apart with NAME=PATH")
         seen[s.name] = s.path
     return specs
+
+
+def resolve_categorical(specs: tuple[LayerSpec, ...] | list[LayerSpec], *,
+                        option: str = "--aux") -> tuple[LayerSpec, ...]:
+    """Decide, for layers not marked either way, whether they hold classes.
+
+    A layer whose file looks like a class raster (:func:`geosr.io.class_raster_reason`:
+    an integer raster with a colour table, category names, a class-like description or
+    few distinct values) becomes categorical, with one warning naming the file and the
+    reason; other unmarked layers are continuous. Marked layers are kept as marked.
+    """
+    from geosr.io import class_raster_reason
+
+    out = []
+    for s in specs:
+        if s.categorical is None:
+            reason = class_raster_reason(s.path)
+            if reason:
+                log.warning("%s %s looks like a class raster (%s); treating it as categorical "
+                            "(mark it %s=%s%s to silence this, or %s=%s%s to keep it numeric)",
+                            option, s.path, reason, s.name, s.path, CATEGORICAL_SUFFIX, s.name,
+                            s.path, CONTINUOUS_SUFFIX)
+            s = replace(s, categorical=bool(reason))
+        out.append(s)
+    return tuple(out)

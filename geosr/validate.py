@@ -45,7 +45,7 @@ from geosr.io import (
     gdal_env,
     raster_info,
 )
-from geosr.sources import LayerSpec
+from geosr.sources import LayerSpec, resolve_categorical
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ BASELINES: dict[Baseline, BaselineSpec] = {
     Baseline.bilinear: BaselineSpec(False, "bilinear interpolation of the coarse input"),
     Baseline.nearest: BaselineSpec(False, "each coarse cell copied onto its fine cells"),
     Baseline.sharpen: BaselineSpec(True, "regression sharpening: coarse-scale linear fit on "
-                                         "the aux layers, applied at the fine scale, conserving"),
+                                         "the aux layers (class indicators for categorical ones), "
+                                         "applied at the fine scale, conserving"),
 }
 DEFAULT_BASELINES = (Baseline.bicubic, Baseline.bilinear, Baseline.sharpen)
 
@@ -97,18 +98,23 @@ def parse_baselines(text: str, *, option: str = "--baselines") -> tuple[Baseline
     return tuple(out)
 
 
-def run_baseline(name: Baseline, coarse: np.ndarray, aux: np.ndarray, factor: int) -> np.ndarray:
+def run_baseline(name: Baseline, coarse: np.ndarray, aux: np.ndarray, factor: int, *,
+                 categorical: tuple[bool, ...] | None = None,
+                 names: tuple[str, ...] | None = None) -> np.ndarray:
     """One baseline on a ``(bands, h, w)`` coarse stack -> ``(bands, h*f, w*f)`` float32.
 
     Args:
         coarse: the coarse input on the nested coarse grid, NaN = nodata.
         aux: ``(A, h*f, w*f)`` aux layers on the fine grid (sharpen only).
         factor: fine cells per coarse cell.
+        categorical: per aux layer, whether it holds classes (sharpen: class indicators).
+        names: aux layer names, for logs.
     """
     from geosr import baselines as B
 
     if name is Baseline.sharpen:
-        return np.stack([B.sharpen(c, aux, factor, conserve=True) for c in coarse])
+        return np.stack([B.sharpen(c, aux, factor, categorical=categorical, names=names,
+                                   conserve=True) for c in coarse])
     return B.upsample(coarse, factor, name.value)
 
 
@@ -433,7 +439,9 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
         raise InputError(f"PRED {cfg.pred} and TRUTH {cfg.truth}: no pixel has a value in both "
                          "(all nodata where they overlap); expected rasters of the same area "
                          "with data")
-    fields = {b.value: run_baseline(b, data.coarse, data.aux, data.factor) for b in baselines}
+    fields = {b.value: run_baseline(b, data.coarse, data.aux, data.factor,
+                                    categorical=data.aux_categorical, names=data.aux_names)
+              for b in baselines}
     # Every column is scored on the same pixels: valid in PRED, TRUTH and every baseline.
     ok = np.isfinite(data.pred) & np.isfinite(data.truth)
     for f in fields.values():
@@ -520,6 +528,8 @@ class _Aligned:
     factor: int | None = None
     coarse: np.ndarray | None = None      # (bands, H/f, W/f)
     aux: np.ndarray | None = None         # (A, H, W)
+    aux_categorical: tuple[bool, ...] = ()
+    aux_names: tuple[str, ...] = ()
 
 
 def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
@@ -571,7 +581,10 @@ def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
             data.coarse = _read(cfg.coarse, cgrid,
                                 resampling_for(cinfo, cgrid, coarse_input=True))
             if Baseline.sharpen in baselines:
-                data.aux = _read_aux(cfg.aux, grid)
+                specs = resolve_categorical(cfg.aux)
+                data.aux = _read_aux(specs, grid)
+                data.aux_categorical = tuple(bool(s.categorical) for s in specs)
+                data.aux_names = tuple(s.name for s in specs)
     return data
 
 
@@ -628,16 +641,14 @@ def _plan_baselines(cfg: ValidateConfig) -> tuple[Baseline, ...]:
 
 
 def _read_aux(specs: tuple[LayerSpec, ...], grid: Grid) -> np.ndarray:
-    """Aux layers on the fine grid, ``(A, H, W)``; band 1 of each; categorical ones dropped."""
+    """Aux layers on the fine grid, ``(A, H, W)``; band 1 of each (categorical ones
+    resampled with mode/nearest)."""
     layers = []
     for spec in specs:
         info = raster_info(spec.path)
-        if spec.categorical:
-            log.warning("--aux %s is categorical; the sharpen baseline regresses on continuous "
-                        "layers only and leaves it out", spec.name)
-            continue
         check_coverage(info, grid, option=f"--aux {spec.name}")
-        with AlignedReader(spec.path, grid, resampling_for(info, grid)) as rd:
+        with AlignedReader(spec.path, grid, resampling_for(
+                info, grid, categorical=bool(spec.categorical))) as rd:
             layers.append(rd.read(bands=1)[0])
     if not layers:
         return np.empty((0, grid.height, grid.width), np.float32)

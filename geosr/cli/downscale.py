@@ -51,9 +51,11 @@ def downscale_cmd(
                                        help="Coarse input rasters (bands = time steps); one "
                                             "output each."),
     aux: list[str] = typer.Option(None, "--aux", "-a", metavar="AUX...",
-                                  help="Aux rasters: PATH, NAME=PATH or NAME=PATH:categorical; "
-                                       "several after one flag. With --model they are matched "
-                                       "to the model's aux by name, else by order."),
+                                  help="Aux rasters: PATH or NAME=PATH, with :categorical or "
+                                       ":continuous to say what they hold (unsaid: class "
+                                       "rasters are detected); several after one flag. "
+                                       "With --model they are matched to the model's aux "
+                                       "by name, else by order."),
     out: Path = typer.Option(None, "--out", "-o", help="Output COG (one input only)."),
     out_dir: Path = typer.Option(None, "--out-dir", help="Output folder (default: beside each "
                                  "input, named <stem>_<res>m.tif)."),

@@ -31,8 +31,9 @@ def prepare_cmd(
     target: list[str] = typer.Option(None, "--target", "-t", metavar="FINE...",
                                      help="Fine target rasters for training (bands = samples)."),
     aux: list[str] = typer.Option(None, "--aux", "-a", metavar="AUX...",
-                                  help="Aux rasters: PATH, NAME=PATH or NAME=PATH:categorical; "
-                                       "several after one flag."),
+                                  help="Aux rasters: PATH or NAME=PATH, with :categorical or "
+                                       ":continuous to say what they hold (unsaid: class "
+                                       "rasters are detected); several after one flag."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create."),
     res: float = typer.Option(500.0, "--res", help="Fine resolution in metres."),
     factor: int = typer.Option(None, "--factor", help="Coarse/fine factor, 2..64 "

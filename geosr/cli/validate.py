@@ -60,7 +60,8 @@ def validate_cmd(
                                     "baselines and the conservation error."),
     aux: list[str] = typer.Option(None, "--aux", "-a", metavar="AUX...",
                                   help="Aux rasters for the sharpen baseline (PATH or "
-                                       "NAME=PATH); several after one flag."),
+                                       "NAME=PATH, :categorical or :continuous as in "
+                                       "downscale); several after one flag."),
     baselines: str = typer.Option(None, "--baselines", metavar="NAME,...",
                                   help=f"Baselines beside PRED, from: {_BASELINE_CHOICES}; or "
                                        "none. Default with --coarse: bicubic,bilinear,sharpen."),
