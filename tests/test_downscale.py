@@ -509,6 +509,39 @@ def test_cog_copy_memory_does_not_grow_with_bands(tmp_path):
         assert src.count == 200 and src.interleaving.name == "band"
 
 
+BAND_COG_UNDER_LIMIT = """
+import resource, signal
+import numpy as np
+from affine import Affine
+import geosr.io
+from geosr.errors import ProcessingError
+from geosr.grid import Grid
+grid = Grid("EPSG:32632", Affine(500, 0, 600000, 0, -500, 5152000), 512, 512)
+dst = geosr.io.open_stream_writer("stage.tif", grid, 2)
+dst.write(np.random.default_rng(0).random((2, 512, 512), dtype=np.float32))
+dst.close()
+geosr.io.COG_PIXEL_TILE_MAX_BYTES = 0  # band-interleaved
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+try:
+    geosr.io.translate_to_cog("stage.tif", "out.tif")
+except ProcessingError as e:
+    print("REFUSED", e)
+else:
+    print("WROTE")
+"""
+
+
+def test_band_interleaved_cog_cut_short_by_a_full_disk_is_refused(tmp_path):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", BAND_COG_UNDER_LIMIT], cwd=tmp_path, text=True,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("REFUSED"), r.stdout + r.stderr
+    assert "out.tif" in r.stdout and "file-size limits" in r.stdout
+
+
 def test_aligns_like_prepare_from_lonlat(tmp_path):
     from geosr.prepare import PrepareConfig, prepare
 
