@@ -591,20 +591,68 @@ COG_OPTIONS = {
     "OVERVIEW_RESAMPLING": "AVERAGE", "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS",
 }
 
+COG_PIXEL_TILE_MAX_BYTES = 32 << 20
+"""Largest pixel-interleaved COG tile (one block of every band); beyond, bands are
+interleaved by band. GDAL's COG driver (before GDAL 3.11) writes only pixel-interleaved
+tiles and holds a few whole tiles while copying, so its memory grows with the band count:
+a 744-band float32 output has 780 MB tiles and peaked at 2.4 GB. 32 MiB keeps up to 32
+float32 bands pixel-interleaved at 512 px blocks."""
+
 
 def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, **options) -> None:
-    """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF with GDAL's COG driver.
+    """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF: tiled, internal overviews, IFDs first.
 
-    GDAL builds the overviews (average) and the COG layout (tiles, IFDs first); band
-    descriptions, units and tags are carried over from the source.
+    Pixel-interleaved through GDAL's COG driver while one tile of all bands fits in
+    :data:`COG_PIXEL_TILE_MAX_BYTES`; band-interleaved beyond (:func:`_copy_band_cog`), so
+    that memory does not grow with the band count. GDAL builds the overviews (average);
+    band descriptions, units and tags are carried over from the source. ``options`` are
+    COG driver creation options (e.g. ``LEVEL``). A band-interleaved copy adds the
+    overviews to ``src_path`` first (a stage file, deleted afterwards).
     """
     opts = {**COG_OPTIONS, **{k.upper(): str(v) for k, v in options.items()}}
     try:
-        rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
+        with rasterio.open(src_path) as src:
+            tile = src.count * int(opts["BLOCKSIZE"]) ** 2 * np.dtype(src.dtypes[0]).itemsize
+        if tile <= COG_PIXEL_TILE_MAX_BYTES:
+            rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
+        else:
+            _copy_band_cog(src_path, dst_path, opts)
     except (RasterioError, CPLE_BaseError) as e:
         raise ProcessingError(f"{dst_path}: COG writing failed ({_reason(e)}); check free "
                               "disk space and file-size limits") from e
     check_written(dst_path)
+
+
+def _copy_band_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike,
+                   opts: dict[str, str]) -> None:
+    """A band-interleaved COG, made the way GDAL's COG driver makes its layout.
+
+    Overviews are built into ``src_path`` (as many levels as the COG driver makes: halving
+    until the smallest fits one block; same resampling, band by band), then GTiff's
+    ``COPY_SRC_OVERVIEWS`` writes all IFDs first and the data from the smallest overview
+    to full resolution, a band at a time. The result passes GDAL's COG validator; GDAL
+    3.10 writes its "ghost" layout header (``LAYOUT=COG``) only for pixel interleaving.
+    """
+    block = int(opts["BLOCKSIZE"])
+    with rasterio.open(src_path, "r+") as src:
+        factors: list[int] = []
+        w, h = src.width, src.height
+        while w > block or h > block:
+            w, h = max(1, w // 2), max(1, h // 2)
+            factors.append(2 ** (len(factors) + 1))
+        if factors:
+            src.build_overviews(factors, Resampling[opts["OVERVIEW_RESAMPLING"].lower()])
+    predictor = {"FLOATING_POINT": "3", "STANDARD": "2"}.get(opts["PREDICTOR"].upper(),
+                                                              opts["PREDICTOR"])
+    gtiff = {"COPY_SRC_OVERVIEWS": "YES", "TILED": "YES", "BLOCKXSIZE": str(block),
+             "BLOCKYSIZE": str(block), "INTERLEAVE": "BAND", "COMPRESS": opts["COMPRESS"],
+             "PREDICTOR": predictor, "BIGTIFF": opts["BIGTIFF"],
+             "NUM_THREADS": opts["NUM_THREADS"]}
+    level_key = {"DEFLATE": "ZLEVEL", "ZSTD": "ZSTD_LEVEL", "LZMA": "LZMA_PRESET"}.get(
+        opts["COMPRESS"].upper())
+    if "LEVEL" in opts and level_key:
+        gtiff[level_key] = opts["LEVEL"]
+    rasterio.shutil.copy(str(src_path), str(dst_path), driver="GTiff", **gtiff)
 
 
 def check_written(path: str | os.PathLike) -> None:
