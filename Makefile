@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 demo: $(STAMP)
-	$(BIN)/python -m geosr.demo --out demo-output
+	$(BIN)/python examples/demo.py --out demo-output
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_downscale.py

@@ -6,11 +6,11 @@ layers (elevation, slope, NDVI, ...) help the network, alone and together. For e
 subset of the named aux layers (the empty set too, when ``geosr train`` supports a
 model without aux), it
 
-1. trains a model on the prepared dataset with that aux set (:func:`geosr.train.train`,
+1. trains a model on the prepared dataset with that aux set (:func:`geosr.train`,
    or ``geosr train`` in a fresh process when the core is not importable), with the
    validation samples held out;
-2. downscales the held-out samples' coarse fields with it (:func:`geosr.downscale.downscale`);
-3. scores them against their fine targets (:func:`geosr.validate.validate`), with the
+2. downscales the held-out samples' coarse fields with it (:func:`geosr.downscale`);
+3. scores them against their fine targets (:func:`geosr.validate`), with the
    bicubic and regression-sharpening baselines on the same pixels as a yardstick.
 
 Usage::
@@ -124,9 +124,10 @@ def train_options() -> str:
 
 
 def _core_train():
-    """``(TrainConfig, train)`` from :mod:`geosr.train`, or None when it is not installed."""
+    """``(TrainConfig, train)`` from :mod:`geosr.training`, or None when it is not installed."""
     try:
-        from geosr.train import TrainConfig, train
+        from geosr.training.config import TrainConfig
+        from geosr.training.loop import train
     except ImportError:
         return None
     return TrainConfig, train
@@ -136,7 +137,7 @@ def train_model(dataset: Path, aux: tuple[str, ...], model: Path, *, val_samples
                 epochs: int, max_minutes: float, seed: int, device: str) -> float:
     """Train one model; returns the seconds it took.
 
-    Uses the core :func:`geosr.train.train` (``aux=()`` is the model without aux);
+    Uses the core :func:`geosr.train` (``aux=()`` is the model without aux);
     without it, ``geosr train`` in a fresh process with the options its ``--help`` lists.
     """
     t0 = time.perf_counter()
@@ -173,8 +174,9 @@ def train_model(dataset: Path, aux: tuple[str, ...], model: Path, *, val_samples
 
 def evaluate(model: Path, *, coarse: Path, truth: Path, aux_specs, work: Path, device: str):
     """Downscale ``coarse`` with ``model``; validate against ``truth`` beside bicubic."""
-    from geosr.downscale import DownscaleConfig, downscale
-    from geosr.validate import Baseline, ValidateConfig, validate
+    from geosr.evaluate.validate import Baseline, ValidateConfig, validate
+    from geosr.inference.config import DownscaleConfig
+    from geosr.inference.run import downscale
 
     pred = work / "pred.tif"
     downscale(DownscaleConfig(coarse=(str(coarse),), aux=tuple(aux_specs), out=pred,
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write all rows as JSON")
     args = ap.parse_args(argv)
 
-    from geosr.manifest import read_manifest
+    from geosr.dataset.manifest import read_manifest
     from geosr.sources import LayerSpec
 
     work = args.out or Path(tempfile.mkdtemp(prefix="geosr-ablation-"))
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                      "skill_bicubic": rep.skill["bicubic"]})
         print(f"  [{i + 1}/{len(combos)}] {label}: rmse {rep.metrics['rmse']:.4g}", flush=True)
     # Baselines once, on the same pixels, with every named aux for sharpening.
-    from geosr.validate import Baseline, ValidateConfig, validate
+    from geosr.evaluate.validate import Baseline, ValidateConfig, validate
 
     ref = validate(ValidateConfig(pred=str(truth), truth=str(truth), coarse=str(coarse),
                                   aux=tuple(specs[n] for n in names),

@@ -1,7 +1,7 @@
 """Accuracy on real data: the network beside bicubic and regression sharpening.
 
-Every experiment prepares its data with :func:`geosr.prepare.prepare` (into ``--work``),
-trains networks with :func:`geosr.train.train` (the engine of ``geosr train``; options as
+Every experiment prepares its data with :func:`geosr.prepare` (into ``--work``),
+trains networks with :func:`geosr.train` (the engine of ``geosr train``; options as
 the CLI's) and scores every method on the same held-out pixels: RMSE, MAE, Pearson r,
 SSIM and the conservation error (RMSE of the output's coarse-cell means against the
 coarse input).
@@ -53,14 +53,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import CH, UK, era5_daily, meteoswiss  # noqa: E402
 
-from geosr import metrics  # noqa: E402
 from geosr.baselines import sharpen, upsample  # noqa: E402
-from geosr.bundle import Predictor, load_bundle  # noqa: E402
-from geosr.io import read_window  # noqa: E402
-from geosr.manifest import read_manifest  # noqa: E402
-from geosr.prepare import PrepareConfig, prepare  # noqa: E402
-from geosr.sources import LayerSpec  # noqa: E402
-from geosr.train import TrainConfig, train  # noqa: E402
+from geosr.dataset.manifest import read_manifest
+from geosr.dataset.prepare import PrepareConfig, prepare
+from geosr.evaluate import metrics  # noqa: E402
+from geosr.io.read import read_window
+from geosr.model.bundle import load_bundle
+from geosr.model.predictor import Predictor
+from geosr.sources import LayerSpec
+from geosr.training.config import TrainConfig
+from geosr.training.loop import train
 
 CH_AUX = (LayerSpec("dem", str(CH / "aux" / "swissAltitude_geostatsp.tif")),
           LayerSpec("landtype", str(CH / "aux" / "swissLandType_geostatsp.tif"), True))
@@ -115,7 +117,7 @@ def build(key: str, work: Path) -> Experiment:
         m = read_manifest(ds)
         exp = Experiment(key, "MeteoSwiss TabsM+TmaxM, 16 km -> 1 km, eastern 25% held out",
                          "degC", ds, ds, (1, 2), {"val_block": 0.25, "patch": 6}, {"net": {}})
-        from geosr.patches import make_split
+        from geosr.training.data import make_split
 
         count = np.isfinite(read_window(m.path_of(m.coarse), _full(m.coarse_grid))).sum(0)
         split = make_split(m, val_block=0.25, coarse_valid=count > 0)

@@ -106,7 +106,7 @@ def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
 
 def make_bundle(folder: Path) -> Path | None:
     """The shipped, trained ``alps-t2m`` model: its measured halo sets the tile overlap."""
-    from geosr.bundle import resolve_model
+    from geosr.model.registry import resolve_model
 
     return resolve_model("alps-t2m")
 

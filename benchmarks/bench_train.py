@@ -1,7 +1,7 @@
 """Training throughput of ``geosr train``: patches/s and fine Mpx/s per optimisation step.
 
 Prepares a generated terrain-driven scene (:mod:`geosr.sample_data`, factor 16 at 500 m)
-in a temporary folder, then runs :func:`geosr.train.train` (the engine of ``geosr train``)
+in a temporary folder, then runs :func:`geosr.train` (the engine of ``geosr train``)
 for one epoch of ``--steps`` steps, ``--repeat`` times after a warm-up run, and reports
 the median rate. The epoch time includes its validation pass (the scene's held-out
 days, a small share of the time).
@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from geosr.prepare import PrepareConfig, prepare
+from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.sample_data import write_sample_scene
 from geosr.sources import LayerSpec
-from geosr.train import TrainConfig, train
+from geosr.training.config import TrainConfig
+from geosr.training.loop import train
 
 FACTOR = 16
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import CH, meteoswiss  # noqa: E402
 
-from geosr import metrics  # noqa: E402
+from geosr.evaluate import metrics  # noqa: E402
 
 
 def geosr(*args: str) -> None:

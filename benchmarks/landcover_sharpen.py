@@ -31,8 +31,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from geosr.downscale import DownscaleConfig, downscale
-from geosr.sources import parse_layers
+from geosr.cli.options import parse_layers
+from geosr.inference.config import DownscaleConfig
+from geosr.inference.run import downscale
 
 CH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "meteoswiss-ch-1km"
 TABS = CH / "geotiff" / "TabsM_ch01r.swiss.lv95_202305010000_202305010000.tif"

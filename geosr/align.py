@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from geosr.dataset.manifest import LayerStats
 from geosr.errors import GridError
 from geosr.grid import (
     MAX_FACTOR,
@@ -35,8 +36,7 @@ from geosr.grid import (
     overlap_fraction,
     snap_grid,
 )
-from geosr.io import RasterInfo
-from geosr.manifest import LayerStats
+from geosr.io.read import RasterInfo
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from geosr.align import block_mean
 from geosr.grid import Grid
-from geosr.io import open_writer
+from geosr.io.write import open_writer
 
 
 def fractal_dem(shape: tuple[int, int], *, res_m: float, seed: int = 0, beta: float = 2.7,

@@ -6,6 +6,7 @@ class rasters such as land cover (resampled with mode/nearest, never averaged) o
 from the file (:func:`geosr.io.class_raster_reason`).
 """
 
+
 from __future__ import annotations
 
 import logging
@@ -13,12 +14,15 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from geosr.errors import InputError
-
 log = logging.getLogger(__name__)
 
+
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
 CATEGORICAL_SUFFIX = ":categorical"
+
+
 CONTINUOUS_SUFFIX = ":continuous"
 
 
@@ -50,42 +54,6 @@ def layer_name_from_path(path: str) -> str:
     return name[:64]
 
 
-def parse_layer(token: str, *, option: str = "--aux") -> LayerSpec:
-    """Parse ``[name=]path[:categorical|:continuous]``."""
-    text = token.strip()
-    if not text:
-        raise InputError(f"{option}: empty value; expected PATH, NAME=PATH, "
-                         "NAME=PATH:categorical or NAME=PATH:continuous")
-    categorical = None
-    for suffix, value in ((CATEGORICAL_SUFFIX, True), (CONTINUOUS_SUFFIX, False)):
-        if text.endswith(suffix):
-            text, categorical = text[: -len(suffix)], value
-            break
-    name = None
-    if "=" in text:
-        name, text = text.split("=", 1)
-        if not _NAME_RE.match(name):
-            raise InputError(f"{option} {token!r}: layer name {name!r} is invalid; expected "
-                             "letters, digits, '_' or '-', starting with a letter")
-    if not text:
-        raise InputError(f"{option} {token!r}: no path after the name; expected NAME=PATH")
-    return LayerSpec(name=name or layer_name_from_path(text), path=text, categorical=categorical)
-
-
-def parse_layers(
-    tokens: list[str] | tuple[str, ...], *, option: str = "--aux"
-) -> tuple[LayerSpec, ...]:
-    """Parse several tokens and check that names are unique."""
-    specs = tuple(parse_layer(t, option=option) for t in tokens)
-    seen: dict[str, str] = {}
-    for s in specs:
-        if s.name in seen:
-            raise InputError(f"{option}: layer name {s.name!r} is used by both {seen[s.name]} and "
-                             f"{s.path}; name them apart with NAME=PATH")
-        seen[s.name] = s.path
-    return specs
-
-
 def resolve_categorical(specs: tuple[LayerSpec, ...] | list[LayerSpec], *,
                         option: str = "--aux") -> tuple[LayerSpec, ...]:
     """Decide, for layers not marked either way, whether they hold classes.
@@ -95,7 +63,7 @@ def resolve_categorical(specs: tuple[LayerSpec, ...] | list[LayerSpec], *,
     few distinct values) becomes categorical, with one warning naming the file and the
     reason; other unmarked layers are continuous. Marked layers are kept as marked.
     """
-    from geosr.io import class_raster_reason
+    from geosr.io.read import class_raster_reason
 
     out = []
     for s in specs:

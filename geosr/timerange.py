@@ -6,6 +6,7 @@ see :func:`geosr.io.band_dates`). A bound is compared on its own precision, so
 the whole month.
 """
 
+
 from __future__ import annotations
 
 import re
@@ -31,41 +32,6 @@ class TimeRange:
 
     def __str__(self) -> str:
         return f"{self.start or ''}:{self.end or ''}"
-
-
-def parse_time_range(text: str, *, option: str = "--time") -> TimeRange:
-    """Parse ``START:END``, ``START:``, ``:END`` or a single ``DATE`` (that date only).
-
-    ``START/END`` (ISO 8601 intervals) is accepted too.
-    """
-    raw = text.strip()
-    parts = raw.split("/") if "/" in raw else _split_colon(raw)
-    if len(parts) == 1:
-        parts = [parts[0], parts[0]]
-    start, end = (p.strip().replace(" ", "T") or None for p in parts)
-    for b in (start, end):
-        if b is not None and not _BOUND_RE.match(b):
-            raise InputError(f"{option} {text!r}: {b!r} is not a date; expected START:END with "
-                             "ISO dates such as 2018-05-01:2018-05-07 (either side optional)")
-    if start is None and end is None:
-        raise InputError(f"{option} {text!r}: no date given; expected START:END, e.g. "
-                         "2018-05-01:2018-05-07")
-    if start is not None and end is not None and start[:len(end)] > end:
-        raise InputError(f"{option} {text!r}: starts after it ends; expected START <= END")
-    return TimeRange(start, end)
-
-
-# The colon between bounds is followed by a year or by nothing; a colon inside a time
-# (T06:00) is followed by two digits.
-_SEP_RE = re.compile(r":(?=\d{4}(?:\D|$)|$)")
-
-
-def _split_colon(raw: str) -> list[str]:
-    parts = _SEP_RE.split(raw)
-    if len(parts) > 2:
-        raise InputError(f"--time {raw!r}: more than one ':' between dates; expected "
-                         "START:END, e.g. 2018-05-01T06:00:2018-05-02")
-    return parts
 
 
 def select_bands(dates: tuple[str, ...], rng: TimeRange, *, path: str) -> list[int]:

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import terrain, write_raster
 from scipy.ndimage import gaussian_filter
 
-from geosr.prepare import PrepareConfig, prepare
+from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.sources import LayerSpec
 
 # A network small enough that a few epochs take seconds on two CPU cores.

@@ -25,9 +25,9 @@ from conftest import terrain, write_raster
 from rasterio.errors import RasterioIOError
 from typer.testing import CliRunner
 
-import geosr.downscale as ds
+import geosr.inference.run as ds
 from geosr.cli import app
-from geosr.io import TMP_TAG
+from geosr.io.atomic import TMP_TAG
 
 runner = CliRunner()
 ORIGIN = (600_000.0, 5_150_000.0)
@@ -48,7 +48,7 @@ class Case:
 
 def _bundle(path: Path, *, aux: tuple[str, ...], factor: int = 8, res_m: float = 1000.0) -> Path:
     """An untrained tiny generator saved as a real bundle."""
-    from geosr.bundle import AuxChannelSpec, save_bundle
+    from geosr.model.bundle import AuxChannelSpec, save_bundle
     from geosr.nn import Generator, NetConfig
 
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     f["existing"] = existing
     # training datasets: with a target (factor 4, aux dem) and an inference one without
     f["ds"] = make_dataset(d, name="ds")
-    from geosr.prepare import PrepareConfig, prepare
+    from geosr.dataset.prepare import PrepareConfig, prepare
     from geosr.sources import LayerSpec
 
     src = make_scene(d / "infer_src", size=16, days=1)

@@ -66,7 +66,7 @@ def test_sharpen_tile_handles_nodata_and_no_aux():
 
 def test_sharpen_real_meteoswiss_beats_bicubic(real_data, tmp_path):
     from geosr.align import plan_grids, resampling_for
-    from geosr.io import AlignedReader, raster_info
+    from geosr.io.read import AlignedReader, raster_info
 
     d = real_data / "meteoswiss-ch-1km"
     tabs = next((d / "geotiff").glob("TabsM_*.tif"))

@@ -13,18 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import geosr.bundle as gb
-from geosr.bundle import (
-    BUNDLE_FORMAT_VERSION,
-    AuxChannelSpec,
-    Predictor,
-    encode_aux,
-    load_bundle,
-    resolve_model,
-    save_bundle,
-)
+import geosr.model.predictor as gp
+import geosr.model.registry as registry
 from geosr.cli import app
 from geosr.errors import BundleError, InputError, OutputExistsError
+from geosr.model.bundle import BUNDLE_FORMAT_VERSION, AuxChannelSpec, load_bundle, save_bundle
+from geosr.model.predictor import Predictor, encode_aux
+from geosr.model.registry import resolve_model
 from geosr.nn import Generator, NetConfig
 
 F = 4
@@ -277,7 +272,7 @@ def test_resolve_model_by_path_and_shipped_name(tmp_path, monkeypatch, bundle_pa
     (shipped / "alps-t2m").mkdir(parents=True)
     (shipped / "alps-t2m" / "alps-t2m.geosr").write_bytes(bundle_path.read_bytes())
     (shipped / "uk-tmax.geosr").write_bytes(bundle_path.read_bytes())
-    monkeypatch.setattr(gb, "shipped_model_dirs", lambda: [shipped])
+    monkeypatch.setattr(registry, "shipped_model_dirs", lambda: [shipped])
     assert resolve_model("alps-t2m") == shipped / "alps-t2m" / "alps-t2m.geosr"
     assert resolve_model("uk-tmax") == shipped / "uk-tmax.geosr"
     with pytest.raises(BundleError, match=r"'nope'.*alps-t2m, uk-tmax"):
@@ -285,7 +280,7 @@ def test_resolve_model_by_path_and_shipped_name(tmp_path, monkeypatch, bundle_pa
 
 
 def test_shipped_model_dirs_exist():
-    assert all(d.is_dir() for d in gb.shipped_model_dirs())
+    assert all(d.is_dir() for d in registry.shipped_model_dirs())
 
 
 # --------------------------------------------------------------------------- predictor
@@ -326,7 +321,7 @@ def test_predictor_batches_large_inputs(bundle_path, monkeypatch):
     b = load_bundle(bundle_path)
     coarse, aux = inputs(n=5)
     whole = Predictor(b).predict(coarse, aux)
-    monkeypatch.setattr(gb, "MAX_PREDICT_PX", 1)  # one sample per forward pass
+    monkeypatch.setattr(gp, "MAX_PREDICT_PX", 1)  # one sample per forward pass
     np.testing.assert_allclose(Predictor(b).predict(coarse, aux), whole, atol=1e-5)
 
 
@@ -355,7 +350,7 @@ def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path,
     saved, model = write_bundle(tmp_path / "m.geosr")
     model.eval()
     h = saved.halo_coarse
-    assert 1 <= h <= gb.full_halo(model)
+    assert 1 <= h <= gp.full_halo(model)
     # Crops with the stored halo reproduce the core of a wide window (the tolerance is
     # relative to the output's std).
     g = torch.Generator().manual_seed(5)
@@ -378,15 +373,15 @@ def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path,
     torch.save(payload, tmp_path / "old.geosr")
     old = load_bundle(tmp_path / "old.geosr")
     assert old.halo_coarse == 0 and old.decode_halo == 0
-    p = gb.Predictor(old)
+    p = gp.Predictor(old)
     assert p.halo_coarse == h and p.decode_halo == saved.decode_halo >= 1
 
 
 def test_predict_with_context_margin_matches_the_whole_window(tmp_path):
     """``margin``: the encoder sees the context, the decoder only the inner region."""
     saved, _ = write_bundle(tmp_path / "m.geosr")
-    p = gb.Predictor(load_bundle(tmp_path / "m.geosr"))
-    assert 1 <= p.decode_halo <= gb.full_halo(p.model)
+    p = gp.Predictor(load_bundle(tmp_path / "m.geosr"))
+    assert 1 <= p.decode_halo <= gp.full_halo(p.model)
     rng = np.random.default_rng(3)
     h = w = 4 * p.halo_coarse + 6
     coarse = rng.normal(10, 3, (2, h, w)).astype(np.float32)

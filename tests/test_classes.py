@@ -15,13 +15,15 @@ from scipy import ndimage
 
 from geosr import baselines as B
 from geosr.align import block_mean
-from geosr.downscale import DownscaleConfig, downscale, match_aux
+from geosr.cli.options import parse_layer, parse_layers
+from geosr.dataset.manifest import read_manifest
+from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.errors import InputError
-from geosr.io import class_raster_reason
-from geosr.manifest import read_manifest
-from geosr.prepare import PrepareConfig, prepare
-from geosr.sources import LayerSpec, parse_layer, parse_layers, resolve_categorical
-from geosr.validate import ValidateConfig, validate
+from geosr.evaluate.validate import ValidateConfig, validate
+from geosr.inference.config import DownscaleConfig
+from geosr.inference.run import downscale, match_aux
+from geosr.io.read import class_raster_reason
+from geosr.sources import LayerSpec, resolve_categorical
 
 F = 8  # 4 km coarse cells over a 500 m grid
 ORIGIN = (600_000.0, 5_100_000.0)

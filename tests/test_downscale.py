@@ -18,13 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import geosr.downscale as ds
+import geosr.inference.engine as engine
+import geosr.inference.run as ds
 from geosr.align import block_mean
 from geosr.baselines import sharpen, upsample
 from geosr.cli import app
-from geosr.downscale import DownscaleConfig, Method, downscale, match_aux
+from geosr.cli.options import parse_layers
 from geosr.errors import BundleError, InputError, ProcessingError
-from geosr.sources import LayerSpec, parse_layers
+from geosr.inference.config import DownscaleConfig, Method
+from geosr.inference.run import downscale, match_aux
+from geosr.inference.tiling import plan_tiles
+from geosr.sources import LayerSpec
 
 runner = CliRunner()
 F = 8  # factor: 4 km coarse cells over a 500 m grid
@@ -191,7 +195,7 @@ def test_no_visible_seams(scene, tmp_path, request, method):
     # (with a few borders, the field's own structure along them moves it by ~5 %).
     out, res = _run(scene, tmp_path / "o.tif", tile_px=64, **_method(request, method))
     assert res.method is Method(method.split("-")[0])
-    plan = ds.plan_tiles(out.shape[1], out.shape[2], factor=F, tile_px=64,
+    plan = plan_tiles(out.shape[1], out.shape[2], factor=F, tile_px=64,
                          overlap_px=res.overlap_px)
     at_border, elsewhere = _border_stat(out, plan)
     assert abs(at_border / elsewhere - 1) < 0.05
@@ -219,14 +223,9 @@ def _fake_bundle_module(monkeypatch, predictor_cls=_TileDependentPredictor, aux_
                                    aux=[types.SimpleNamespace(name=n, categorical=False)
                                         for n in aux_names])
     calls = {"loads": 0, "predictors": 0}
-    mod = types.ModuleType("geosr.bundle")
-    mod.resolve_model = lambda spec: Path(spec)
-
     def load(path):
         calls["loads"] += 1
         return bundle
-
-    mod.load_bundle = load
 
     def make(b, device=None, conserve=None):
         calls["conserve"] = conserve
@@ -235,8 +234,9 @@ def _fake_bundle_module(monkeypatch, predictor_cls=_TileDependentPredictor, aux_
         p.aux_names = aux_names
         return p
 
-    mod.Predictor = make
-    monkeypatch.setitem(sys.modules, "geosr.bundle", mod)
+    monkeypatch.setattr("geosr.model.registry.resolve_model", lambda spec: Path(spec))
+    monkeypatch.setattr("geosr.model.bundle.load_bundle", load)
+    monkeypatch.setattr("geosr.model.predictor.Predictor", make)
     return calls
 
 
@@ -245,7 +245,7 @@ def test_blending_hides_seams_of_a_tile_dependent_model(scene, tmp_path, monkeyp
     blended, res = _run(scene, tmp_path / "b.tif", model="fake.geosr", tile_px=64,
                         conserve=False)
     assert res.method is Method.net and res.overlap_px == 3 * F  # the decode halo
-    plan = ds.plan_tiles(blended.shape[1], blended.shape[2], factor=F, tile_px=64,
+    plan = plan_tiles(blended.shape[1], blended.shape[2], factor=F, tile_px=64,
                          overlap_px=res.overlap_px)
     at_border, elsewhere = _border_stat(blended, plan)
     assert abs(at_border / elsewhere - 1) < 0.05
@@ -398,10 +398,10 @@ def test_many_bands_give_the_values_of_one_group_and_a_pixel_cog(tmp_path, monke
         tags = [src.tags(b) for b in src.indexes]
     _assert_band_cog(tmp_path / "a.tif")
 
-    import geosr.io
+    import geosr.io.write
 
     monkeypatch.setattr(ds, "MAX_GROUP_BANDS", 10_000)
-    monkeypatch.setattr(geosr.io, "COG_PIXEL_TILE_MAX_BYTES", 1 << 40)
+    monkeypatch.setattr(geosr.io.write, "COG_PIXEL_TILE_MAX_BYTES", 1 << 40)
     groups.clear()
     b, _ = _run(sc, tmp_path / "b.tif", tile_px=32)
     assert groups == [n]
@@ -415,7 +415,7 @@ def _stage(path: Path, bands: int, height: int, width: int) -> Path:
     from affine import Affine
 
     from geosr.grid import Grid
-    from geosr.io import open_stream_writer
+    from geosr.io.write import open_stream_writer
 
     grid = Grid("EPSG:32632", Affine(500, 0, 600_000, 0, -500, 5_152_000), width, height)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -458,12 +458,12 @@ def _assert_band_cog(path: Path) -> None:
 
 
 def test_band_interleaved_cog_has_the_cog_drivers_values_and_overviews(tmp_path, monkeypatch):
-    import geosr.io
+    import geosr.io.write
 
     _stage(tmp_path / "s1.tif", 3, 600, 1100)
     shutil.copy(tmp_path / "s1.tif", tmp_path / "s2.tif")
     geosr.io.translate_to_cog(tmp_path / "s1.tif", tmp_path / "pixel.tif")
-    monkeypatch.setattr(geosr.io, "COG_PIXEL_TILE_MAX_BYTES", 0)
+    monkeypatch.setattr(geosr.io.write, "COG_PIXEL_TILE_MAX_BYTES", 0)
     geosr.io.translate_to_cog(tmp_path / "s2.tif", tmp_path / "band.tif")
     _assert_cog(tmp_path / "pixel.tif")
     _assert_band_cog(tmp_path / "band.tif")
@@ -514,14 +514,14 @@ BAND_COG_UNDER_LIMIT = """
 import resource, signal
 import numpy as np
 from affine import Affine
-import geosr.io
+import geosr.io.write
 from geosr.errors import ProcessingError
 from geosr.grid import Grid
 grid = Grid("EPSG:32632", Affine(500, 0, 600000, 0, -500, 5152000), 512, 512)
 dst = geosr.io.open_stream_writer("stage.tif", grid, 2)
 dst.write(np.random.default_rng(0).random((2, 512, 512), dtype=np.float32))
 dst.close()
-geosr.io.COG_PIXEL_TILE_MAX_BYTES = 0  # band-interleaved
+geosr.io.write.COG_PIXEL_TILE_MAX_BYTES = 0  # band-interleaved
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
 try:
@@ -544,7 +544,7 @@ def test_band_interleaved_cog_cut_short_by_a_full_disk_is_refused(tmp_path):
 
 
 def test_aligns_like_prepare_from_lonlat(tmp_path):
-    from geosr.prepare import PrepareConfig, prepare
+    from geosr.dataset.prepare import PrepareConfig, prepare
 
     lonlat = write_raster(tmp_path / "ll.tif", np.arange(120, dtype=np.float32).reshape(10, 12),
                           crs="EPSG:4326", res=0.1, origin=(8.0, 47.0))
@@ -566,7 +566,7 @@ def test_aligns_like_prepare_from_lonlat(tmp_path):
 
 
 def _boom_after(n, exc):
-    real = ds.predict_tiles
+    real = engine.predict_tiles
     state = {"calls": 0}
 
     def fake(*args, **kw):
@@ -770,7 +770,7 @@ def test_on_grid_reader_matches_the_warper(scene):
     from rasterio.windows import Window
 
     from geosr.align import plan_grids, resampling_for
-    from geosr.io import AlignedReader, OnGridReader, raster_info
+    from geosr.io.read import AlignedReader, OnGridReader, raster_info
 
     info = raster_info(scene["coarse"])
     fine, _ = plan_grids(info, res_m=500.0, factor=F)
@@ -786,7 +786,7 @@ def test_on_grid_reader_matches_the_warper(scene):
 
 def _save_tiny_bundle(path: Path, *, gain: bool = False) -> Path:
     nn = pytest.importorskip("geosr.nn")
-    gb = pytest.importorskip("geosr.bundle")
+    gb = pytest.importorskip("geosr.model.bundle")
     import torch
 
     torch.manual_seed(0)
@@ -853,8 +853,7 @@ def test_real_bundle_end_to_end(scene, tmp_path, tiny_bundle):
 
 def test_model_by_shipped_name(scene, tmp_path, tiny_bundle, monkeypatch):
     """``--model NAME`` finds NAME/NAME.geosr in the shipped-models folders."""
-    import geosr.bundle as gb
-
+    import geosr.model.bundle as gb
     shipped = tmp_path / "shipped"
     (shipped / "tiny-t2m").mkdir(parents=True)
     shutil.copy(tiny_bundle, shipped / "tiny-t2m" / "tiny-t2m.geosr")

@@ -28,10 +28,10 @@ from _helpers_train import TINY_ARCH_CLI, make_dataset
 from conftest import terrain, write_raster
 from typer.testing import CliRunner
 
-from geosr.bundle import load_bundle
 from geosr.cli import app
 from geosr.errors import BundleError
-from geosr.io import TMP_TAG
+from geosr.io.atomic import TMP_TAG
+from geosr.model.bundle import load_bundle
 
 ORIGIN = (600_000.0, 5_152_000.0)  # on whole 8 km cells
 F = 8
@@ -42,7 +42,7 @@ runner = CliRunner()
 SLOW_CLI = textwrap.dedent("""
     import os, sys, time
     delay = float(os.environ["GEOSR_TEST_DELAY"])
-    import geosr.downscale as ds, geosr.train as tr
+    import geosr.inference.engine as ds, geosr.training.loop as tr
     def slowed(f):
         def run(*a, **k):
             time.sleep(delay)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from geosr import metrics as M
+from geosr.evaluate import metrics as M
 
 
 def field(shape=(64, 80), seed=0) -> np.ndarray:

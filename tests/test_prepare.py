@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from geosr.align import block_mean
 from geosr.cli import app
+from geosr.cli.options import parse_layer
+from geosr.dataset.manifest import read_manifest
+from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.errors import GridError, InputError, OutputExistsError
-from geosr.manifest import read_manifest
-from geosr.prepare import PrepareConfig, prepare
-from geosr.sources import LayerSpec, parse_layer
+from geosr.sources import LayerSpec
 
 runner = CliRunner()
 
@@ -202,7 +203,7 @@ def test_prepare_haduk_netcdf_era5(real_data, tmp_path):
     """A real NetCDF coarse input (ERA5 t2m, 0.25 deg) paired with HadUK daily tasmax."""
     d = real_data / "haduk-cornwall-1km-may2018"
     nc = d / "coarse_real/era5_cornwall_201805_hourly_instant.nc"
-    from geosr.io import raster_info
+    from geosr.io.read import raster_info
     with pytest.raises(InputError, match="variables"):
         raster_info(str(nc))
     info = raster_info(f'NETCDF:"{nc}":t2m')

@@ -1,7 +1,7 @@
 import numpy as np
 
 from geosr.align import block_mean
-from geosr.io import read_full
+from geosr.io.read import read_full
 from geosr.sample_data import write_sample_scene
 
 

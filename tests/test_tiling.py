@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geosr.errors import InputError
-from geosr.tiling import RowStitcher, core_edges, plan_tiles, ramp
+from geosr.inference.tiling import RowStitcher, core_edges, plan_tiles, ramp
 
 plans = st.tuples(
     st.integers(1, 40),  # coarse rows

@@ -12,20 +12,14 @@ from _helpers_train import TINY_ARCH, TINY_ARCH_CLI, make_dataset, make_scene
 from conftest import REAL
 from typer.testing import CliRunner
 
-from geosr.bundle import Predictor, load_bundle
 from geosr.cli import app
+from geosr.dataset.manifest import read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError
-from geosr.manifest import read_manifest
-from geosr.patches import DatasetReader, SplitKind, make_split, plan_patches, read_batch
-from geosr.train import (
-    Loss,
-    TrainConfig,
-    lr_factor,
-    recon_loss,
-    side_paths,
-    train,
-    validate,
-)
+from geosr.model.bundle import load_bundle
+from geosr.model.predictor import Predictor
+from geosr.training.config import Loss, TrainConfig, side_paths
+from geosr.training.data import DatasetReader, SplitKind, make_split, plan_patches, read_batch
+from geosr.training.loop import lr_factor, recon_loss, train, validate
 
 FAST = dict(patch=4, batch_size=4, steps_per_epoch=4, arch=TINY_ARCH, device="cpu", threads=1)
 FAST_CLI = ["--patch", "4", "--batch-size", "4", "--steps-per-epoch", "4", "--device", "cpu",
@@ -294,7 +288,7 @@ def test_cli_bad_options_exit_2_one_line(tiny_dataset, tmp_path, args, needle):
 
 def test_cli_dataset_errors(tmp_path):
     # no target: an inference dataset
-    from geosr.prepare import PrepareConfig, prepare
+    from geosr.dataset.prepare import PrepareConfig, prepare
     from geosr.sources import LayerSpec
 
     src = make_scene(tmp_path / "src")
@@ -384,12 +378,13 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
         pytest.skip("../shared/data/real is not available")
     from rasterio.windows import Window
 
-    from geosr.bundle import AuxChannelSpec, encode_aux, encode_coarse, fill_coarse
+    from geosr.dataset.prepare import PrepareConfig, prepare
+    from geosr.model.bundle import AuxChannelSpec
+    from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
     from geosr.nn import Generator, NetConfig
-    from geosr.patches import Split
-    from geosr.prepare import PrepareConfig, prepare
     from geosr.sources import LayerSpec
-    from geosr.train import _norm
+    from geosr.training.data import Split
+    from geosr.training.loop import _norm
 
     ch = REAL / "meteoswiss-ch-1km"
     ds = tmp_path / "ch"

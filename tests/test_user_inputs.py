@@ -11,10 +11,11 @@ from conftest import terrain, write_raster
 from typer.testing import CliRunner
 
 from geosr.cli import app
-from geosr.downscale import DownscaleConfig, Method, downscale
+from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.errors import BundleError, InputError
-from geosr.io import raster_info
-from geosr.prepare import PrepareConfig, prepare
+from geosr.inference.config import DownscaleConfig, Method
+from geosr.inference.run import downscale
+from geosr.io.read import raster_info
 from geosr.sources import LayerSpec
 
 F = 8
@@ -60,7 +61,7 @@ def test_prepare_records_cf_units_long_name_and_dates(tmp_path):
                        origin=(300_000, 5_660_000))
     prepare(PrepareConfig(out_dir=tmp_path / "ds", coarse=(str(nc),),
                           aux=(LayerSpec("dem", str(dem)),), res_m=1000, factor=20))
-    from geosr.manifest import read_manifest
+    from geosr.dataset.manifest import read_manifest
 
     m = read_manifest(tmp_path / "ds")
     assert (m.units, m.long_name, m.variable) == ("K", "near-surface air temperature", "tas")
@@ -101,7 +102,7 @@ def test_validate_conservation_against_the_users_cells(tmp_path):
     out = tmp_path / "out.tif"
     downscale(DownscaleConfig(coarse=(str(coarse_path),), aux=(LayerSpec("dem", str(dem_path)),),
                               out=out, res_m=RES))
-    from geosr.validate import ValidateConfig, validate
+    from geosr.evaluate.validate import ValidateConfig, validate
 
     rep = validate(ValidateConfig(pred=str(out), truth=str(out), coarse=str(coarse_path),
                                   baselines=()))
@@ -209,7 +210,7 @@ def test_south_up_projected_raster_in_every_verb(tmp_path):
         t = src.transform
     truth_su = write_raster(tmp_path / "truth_su.tif", outs[0][0][::-1],
                             transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * outs[0].shape[1]))
-    from geosr.validate import ValidateConfig, validate
+    from geosr.evaluate.validate import ValidateConfig, validate
 
     rep = validate(ValidateConfig(pred=str(tmp_path / "n.tif"), truth=str(truth_su),
                                   coarse=str(coarse_path), baselines=()))
@@ -438,7 +439,7 @@ def test_era5_packed_netcdf_matches_float_geotiff(real_data, tmp_path):
 
 
 def test_time_range_parsing():
-    from geosr.timerange import parse_time_range
+    from geosr.cli.options import parse_time_range
 
     r = parse_time_range("2018-05-02:2018-05-03")
     assert r.contains("2018-05-02T00:00:00") and r.contains("2018-05-03T23:00:00")
@@ -474,7 +475,7 @@ def test_downscale_and_prepare_keep_the_dated_bands(tmp_path):
                                  "--factor", "20", "--time", "2000-01-03", "-o",
                                  str(tmp_path / "ds")])
     assert r.exit_code == 0, r.stderr
-    from geosr.manifest import read_manifest
+    from geosr.dataset.manifest import read_manifest
 
     m = read_manifest(tmp_path / "ds")
     assert [(s.source_band, s.date) for s in m.samples] == [(3, "2000-01-03T00:00:00")]

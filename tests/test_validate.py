@@ -15,18 +15,11 @@ from typer.testing import CliRunner
 
 from geosr.align import block_mean
 from geosr.cli import app
+from geosr.cli.options import parse_baselines, parse_threshold
 from geosr.errors import InputError
-from geosr.metrics import METRICS
+from geosr.evaluate.metrics import METRICS
+from geosr.evaluate.validate import BASELINES, Baseline, Threshold, ValidateConfig, validate
 from geosr.sources import LayerSpec
-from geosr.validate import (
-    BASELINES,
-    Baseline,
-    Threshold,
-    ValidateConfig,
-    parse_baselines,
-    parse_threshold,
-    validate,
-)
 
 runner = CliRunner()
 ORIGIN = (4_200_000.0, 2_800_000.0)  # EPSG:3035 metres

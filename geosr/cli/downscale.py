@@ -1,4 +1,4 @@
-"""`geosr downscale`: parse options, call :func:`geosr.downscale.downscale`, render."""
+"""`geosr downscale`: parse options, call :func:`geosr.downscale`, render."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import typer
 
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, stdout
+from geosr.cli.options import parse_layers, parse_time_range
 from geosr.device import DeviceChoice
-from geosr.downscale import METHOD_LABELS, DownscaleConfig, Method, downscale
-from geosr.sources import parse_layers
-from geosr.timerange import parse_time_range
+from geosr.inference.config import METHOD_LABELS, DownscaleConfig, Method
+from geosr.inference.run import downscale
 
 EPILOG = """Examples:
 

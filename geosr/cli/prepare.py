@@ -1,4 +1,4 @@
-"""`geosr prepare`: parse options, call :func:`geosr.prepare.prepare`, render."""
+"""`geosr prepare`: parse options, call :func:`geosr.prepare`, render."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import typer
 
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, say
-from geosr.prepare import PrepareConfig, prepare
-from geosr.sources import parse_layers
-from geosr.timerange import parse_time_range
+from geosr.cli.options import parse_layers, parse_time_range
+from geosr.dataset.prepare import PrepareConfig, prepare
 
 EPILOG = """Examples:
 

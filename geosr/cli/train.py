@@ -1,4 +1,4 @@
-"""`geosr train`: parse options, call :func:`geosr.train.train`, render progress and result."""
+"""`geosr train`: parse options, call :func:`geosr.train`, render progress and result."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, say, settings, stderr
+from geosr.cli.options import parse_arch
 from geosr.device import DeviceChoice
 from geosr.errors import InputError
-from geosr.train import DistConfig, Loss, TrainConfig, TrainEvent, parse_arch, train
+from geosr.training.config import DistConfig, Loss, TrainConfig, TrainEvent
+from geosr.training.loop import train
 
 EPILOG = """Examples:
 

@@ -1,4 +1,4 @@
-"""`geosr validate`: parse options, call :func:`geosr.validate.validate`, render."""
+"""`geosr validate`: parse options, call :func:`geosr.validate`, render."""
 
 from __future__ import annotations
 
@@ -12,17 +12,11 @@ from rich.table import Table
 
 from geosr.cli._app import MULTI_VALUE_OPTIONS, GeosrCommand, app, expand_multi_value
 from geosr.cli._common import emit_json, settings, stdout
+from geosr.cli.options import parse_baselines, parse_layers, parse_threshold
 from geosr.errors import InputError
-from geosr.metrics import METRICS, Better
-from geosr.sources import parse_layers
-from geosr.validate import (
-    BASELINES,
-    ValidateConfig,
-    ValidationReport,
-    parse_baselines,
-    parse_threshold,
-    validate,
-)
+from geosr.evaluate.metrics import METRICS, Better
+from geosr.evaluate.report import ValidationReport
+from geosr.evaluate.validate import BASELINES, ValidateConfig, validate
 
 EPILOG = """Examples:
 

@@ -2,7 +2,7 @@
 
 The loop, in brief:
 
-- Random square patches of whole coarse cells (:mod:`geosr.patches`) are read through
+- Random square patches of whole coarse cells (:mod:`geosr.training.data`) are read through
   windows; the loss compares the network output with the fine target on valid target
   cells only, in standardised units (L1, MSE, or L1 plus an L1 on finite-difference
   gradients; with ``gan`` a weighted reconstruction term plus an adversarial term).
@@ -24,18 +24,14 @@ generator is wrapped in DistributedDataParallel, every process draws its own pat
 and only rank 0 validates and writes files; it tells the others when to stop.
 """
 
+
 from __future__ import annotations
 
 import copy
-import csv
-import io as _stdio
-import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,202 +39,40 @@ import numpy as np
 from rasterio.windows import Window
 
 from geosr import __version__
-from geosr.bundle import (
-    AuxChannelSpec,
-    Bundle,
-    _safe_load,
-    channel_layout,
-    encode_aux,
-    encode_coarse,
-    fill_coarse,
-    save_bundle,
-)
+from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
-from geosr.io import atomic_path, check_output_file
-from geosr.manifest import Manifest, read_manifest
-from geosr.patches import DatasetReader, PatchPlan, Split, make_split, plan_patches, read_batch
+from geosr.io.atomic import check_output_file
+from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
+from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
+from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
+from geosr.training.config import (
+    MAX_STEPS_PER_EPOCH,
+    MIN_STEPS_PER_EPOCH,
+    DistConfig,
+    Loss,
+    Progress,
+    TrainConfig,
+    TrainEvent,
+    TrainResult,
+    side_paths,
+)
+from geosr.training.data import (
+    DatasetReader,
+    PatchPlan,
+    Split,
+    make_split,
+    plan_patches,
+    read_batch,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "geosr-checkpoint"
-CHECKPOINT_VERSION = 1
-MIN_STEPS_PER_EPOCH = 8
-"""Tiny datasets still get this many steps per epoch, so a default run makes ~240 updates."""
-MAX_STEPS_PER_EPOCH = 500
+
 VAL_TILE_CELLS = 32
 """Validation tiles: core size and context in coarse cells (a whole small dataset is one tile)."""
+
+
 VAL_HALO_CELLS = 6
-
-
-class Loss(str, Enum):
-    """Reconstruction losses (``--loss``)."""
-
-    l1 = "l1"
-    mse = "mse"
-    l1_grad = "l1+grad"
-
-
-@dataclass(frozen=True)
-class DistConfig:
-    """Process group of a distributed run (the CLI fills it from torchrun's variables).
-
-    Attributes:
-        rank: this process's rank.
-        world_size: number of processes; 1 = not distributed.
-        local_rank: GPU index on this node.
-        master_addr: address of rank 0.
-        master_port: port of rank 0.
-        backend: ``nccl`` / ``gloo``; None = nccl on CUDA, else gloo.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    backend: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Options of ``geosr train``.
-
-    Attributes:
-        dataset: prepared dataset folder (with a target layer).
-        out: model bundle to write (``.geosr``); the checkpoint and logs go beside it.
-        aux: aux layers to use, in channel order; None = all of the dataset's.
-        epochs: number of epochs.
-        max_minutes: stop cleanly after this many minutes of training (this process).
-        batch_size: patches per step (per process).
-        patch: patch size in coarse cells.
-        val_samples: sample ids held out for validation.
-        val_fraction: hold out this fraction of samples (latest dates).
-        val_block: hold out this fraction of the valid area as an eastern block.
-        loss: reconstruction loss.
-        grad_weight: weight of the gradient term of ``l1+grad``.
-        gan: adversarial training with a patch discriminator.
-        gan_recon_weight: weight of the reconstruction loss in the generator loss.
-        gan_adv_weight: weight of the adversarial term in the generator loss.
-        conserve: hard conservation layer (fine means equal the coarse cell).
-        seed: seed of initialisation and patch sampling.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        resume: checkpoint to continue from.
-        overwrite: replace an existing model, checkpoint and logs.
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup: fraction of the steps with a linear warm-up.
-        steps_per_epoch: None = about one pass over the training cells.
-        augment: random flips/rotations of patches (for isotropic fields only).
-        arch: overrides of :class:`geosr.nn.NetConfig` fields, as (name, value) pairs.
-        cache_mb: read the dataset into memory when it fits in this many MB.
-        amp: mixed precision on CUDA (bf16 where supported, else fp16).
-        threads: CPU threads for torch (None = torch's default). One thread is often
-            fastest for small patches, and on a machine shared with other jobs.
-        dist: distributed process group.
-    """
-
-    dataset: Path
-    out: Path
-    aux: tuple[str, ...] | None = None
-    epochs: int = 30
-    max_minutes: float | None = None
-    batch_size: int = 16
-    patch: int = 6
-    val_samples: tuple[str, ...] = ()
-    val_fraction: float | None = None
-    val_block: float | None = None
-    loss: Loss = Loss.l1
-    grad_weight: float = 1.0
-    gan: bool = False
-    gan_recon_weight: float = 5.0
-    gan_adv_weight: float = 1.0
-    conserve: bool = True
-    seed: int = 0
-    device: str = "auto"
-    resume: Path | None = None
-    overwrite: bool = False
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05
-    steps_per_epoch: int | None = None
-    augment: bool = False
-    arch: tuple[tuple[str, Any], ...] = ()
-    cache_mb: float = 256.0
-    amp: bool = True
-    threads: int | None = None
-    dist: DistConfig = field(default_factory=DistConfig)
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """What the progress callback receives.
-
-    Attributes:
-        kind: ``start`` (once), ``step`` (after each step), ``epoch`` (after validation).
-        epoch: 1-based epoch.
-        epochs: planned epochs.
-        step: steps done in this epoch.
-        steps: steps per epoch (this process).
-        loss: running mean training loss of the epoch (standardised units).
-        record: the epoch's log row (``epoch`` events).
-        message: a human line (``start`` events).
-        units: units of the validation metrics (``start`` events).
-    """
-
-    kind: str
-    epoch: int
-    epochs: int
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    record: dict | None = None
-    message: str = ""
-    units: str = ""
-
-
-Progress = Callable[[TrainEvent], None]
-
-
-@dataclass
-class TrainResult:
-    """What ``train`` made."""
-
-    out: Path
-    bundle: Bundle | None
-    history: list[dict]
-    best_epoch: int | None
-    best: dict | None
-    seconds: float
-    stopped: str
-    checkpoint: Path
-    log_csv: Path
-    log_json: Path
-    split: str
-    baseline_rmse: float | None
-
-    def to_dict(self) -> dict:
-        return {
-            "out": str(self.out), "sha256": self.bundle.sha256 if self.bundle else None,
-            "best_epoch": self.best_epoch, "val": self.best, "seconds": round(self.seconds, 2),
-            "epochs": len([h for h in self.history if not h.get("partial")]),
-            "stopped": self.stopped, "checkpoint": str(self.checkpoint),
-            "log_csv": str(self.log_csv), "log_json": str(self.log_json), "split": self.split,
-            "val_rmse_bilinear": self.baseline_rmse,
-            "units": self.bundle.units if self.bundle else "",
-        }
-
-
-def side_paths(out: Path) -> tuple[Path, Path, Path]:
-    """Checkpoint, CSV log and JSON log paths beside the model ``out``."""
-    out = Path(out)
-    return out.with_suffix(".ckpt"), out.with_suffix(".log.csv"), out.with_suffix(".log.json")
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def _check_options(cfg: TrainConfig) -> None:
@@ -331,9 +165,6 @@ def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpe
         raise InputError(f"--arch: {e}") from e
 
 
-# --------------------------------------------------------------------------- schedule
-
-
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over ``warmup * total`` steps, then cosine decay to 1% of the peak."""
     n_warm = max(1, int(round(warmup * total))) if warmup > 0 else 0
@@ -341,9 +172,6 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
         return (step + 1) / n_warm
     t = (step - n_warm) / max(1, total - n_warm)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-# --------------------------------------------------------------------------- losses
 
 
 def recon_loss(pred, target, mask, kind: Loss, grad_weight: float):
@@ -365,9 +193,6 @@ def recon_loss(pred, target, mask, kind: Loss, grad_weight: float):
             terms.append(((dp - dt).abs() * mm).sum() / mm.sum().clamp_min(1.0))
         loss = loss + grad_weight * sum(terms)
     return loss
-
-
-# --------------------------------------------------------------------------- validation
 
 
 @dataclass
@@ -482,91 +307,6 @@ def _count_val_targets(reader: DatasetReader, manifest: Manifest, split: Split) 
         for band in split.val_bands:
             n += int(np.isfinite(reader.target(band, _fine(core, manifest.factor))).sum())
     return n
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Split,
-                 steps: int) -> dict:
-    return {
-        "variable": manifest.variable, "factor": manifest.factor,
-        "fine_grid": manifest.fine_grid.to_dict(),
-        "samples": [s.id for s in manifest.samples],
-        "aux": [s.to_dict() for s in specs], "arch": asdict(net_cfg),
-        "split": split.to_dict(manifest), "patch": cfg.patch, "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps, "epochs": cfg.epochs, "loss": Loss(cfg.loss).value,
-        "grad_weight": cfg.grad_weight, "gan": cfg.gan,
-        "gan_recon_weight": cfg.gan_recon_weight, "gan_adv_weight": cfg.gan_adv_weight,
-        "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup,
-        "augment": cfg.augment, "world_size": cfg.dist.world_size,
-    }
-
-
-_OPTION_NAMES = {"steps_per_epoch": "--steps-per-epoch", "batch_size": "--batch-size",
-                 "patch": "--patch", "epochs": "--epochs", "loss": "--loss", "seed": "--seed",
-                 "gan": "--gan", "aux": "--aux", "split": "the validation split",
-                 "arch": "the architecture (--arch/--conserve)", "lr": "--lr",
-                 "world_size": "the number of processes"}
-
-
-def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
-    try:
-        ck = _safe_load(Path(path), what="training checkpoint")
-    except BundleError as e:
-        raise BundleError(f"--resume {e}") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise BundleError(f"--resume {path}: not a geosr training checkpoint; expected the "
-                          "MODEL.ckpt file written by `geosr train`")
-    if ck.get("format_version") != CHECKPOINT_VERSION:
-        raise BundleError(f"--resume {path}: checkpoint version {ck.get('format_version')!r}; "
-                          f"expected {CHECKPOINT_VERSION}")
-    try:
-        meta = json.loads(ck["meta"])
-        old = meta["fingerprint"]
-        for key in ("model", "best", "opt", "sched"):
-            ck[key]  # noqa: B018 - presence check
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"--resume {path}: checkpoint is damaged ({type(e).__name__}: {e}); "
-                          "expected the MODEL.ckpt file written by `geosr train`") from e
-    for key, new in fingerprint.items():
-        if json.dumps(old.get(key), sort_keys=True) != json.dumps(new, sort_keys=True):
-            name = _OPTION_NAMES.get(key, key)
-            shown_old = json.dumps(old.get(key))[:80]
-            shown_new = json.dumps(new)[:80]
-            raise BundleError(f"--resume {path}: was made with {name} = {shown_old} but this "
-                              f"run has {shown_new}; expected the options of the interrupted "
-                              "run (only --max-minutes, --device and --overwrite may change)")
-    ck["meta"] = meta
-    return ck
-
-
-def _write_checkpoint(path: Path, state: dict, meta: dict) -> None:
-    import torch
-
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-               "meta": json.dumps(meta, default=str), **state}
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
-
-
-LOG_FIELDS = ("epoch", "train_loss", "val_rmse", "val_mae", "val_bias", "val_r", "lr",
-              "seconds", "d_loss", "best", "partial")
-
-
-def _write_logs(csv_path: Path, json_path: Path, history: list[dict], summary: dict) -> None:
-    buf = _stdio.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
-    with atomic_path(csv_path, overwrite=True) as tmp:
-        tmp.write_text(buf.getvalue())
-    with atomic_path(json_path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps({**summary, "epochs": history}, indent=2, default=str))
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 class _Group:
@@ -910,25 +650,3 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                        checkpoint=ckpt_path, log_csv=csv_path, log_json=json_path,
                        split=split.describe(manifest),
                        baseline_rmse=baseline.get("rmse") if baseline else None)
-
-
-def parse_arch(tokens: list[str] | tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
-    """Parse ``--arch key=value`` tokens (ints, floats, true/false, strings)."""
-    out = []
-    for tok in tokens:
-        if "=" not in tok:
-            raise InputError(f"--arch {tok!r}: expected KEY=VALUE, e.g. --arch fine_width=32")
-        key, text = (s.strip() for s in tok.split("=", 1))
-        value: Any
-        if text.lower() in ("true", "false"):
-            value = text.lower() == "true"
-        else:
-            try:
-                value = int(text)
-            except ValueError:
-                try:
-                    value = float(text)
-                except ValueError:
-                    value = text
-        out.append((key, value))
-    return tuple(out)

@@ -25,9 +25,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from geosr import metrics as M
+from geosr.evaluate import metrics as M
 from geosr.grid import Grid
-from geosr.io import atomic_path
+from geosr.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Validation: a prediction against the truth, beside reference baselines.
 
 :func:`validate` reads PRED on its own grid, puts TRUTH on that grid (reprojecting it
-when the grids differ), and computes every metric of :data:`geosr.metrics.METRICS` over
+when the grids differ), and computes every metric of :data:`geosr.evaluate.metrics.METRICS` over
 the pixels valid in both. With a coarse input it also
 
 - infers the integer factor from the coarse cell size (``round(coarse_res / pred_res)``),
@@ -18,14 +18,13 @@ thresholds that a pipeline can gate on. The whole rasters are held in memory:
 roughly ``(3 + baselines) x bands x rows x cols x 4`` bytes.
 """
 
+
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -33,24 +32,17 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from geosr import metrics as M
 from geosr.align import check_coverage, is_aligned, resampling_for
 from geosr.errors import InputError
+from geosr.evaluate import metrics as M
+from geosr.evaluate.report import SubsetResult, ValidationReport, write_csv, write_json
 from geosr.grid import Grid, native_cell_m
-from geosr.io import (
-    AlignedReader,
-    RasterInfo,
-    atomic_path,
-    check_output_file,
-    gdal_env,
-    raster_info,
-)
+from geosr.io.atomic import check_output_file
+from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
 from geosr.sources import LayerSpec, resolve_categorical
 
 log = logging.getLogger(__name__)
 
-
-# --- baselines ---------------------------------------------------------------------------
 
 class Baseline(str, Enum):
     """Reference methods that need no training, computed from the coarse input."""
@@ -77,25 +69,9 @@ BASELINES: dict[Baseline, BaselineSpec] = {
                                          "the aux layers (class indicators for categorical ones), "
                                          "applied at the fine scale, conserving"),
 }
+
+
 DEFAULT_BASELINES = (Baseline.bicubic, Baseline.bilinear, Baseline.sharpen)
-
-
-def parse_baselines(text: str, *, option: str = "--baselines") -> tuple[Baseline, ...]:
-    """``"bicubic,sharpen"`` -> baselines; ``""`` or ``"none"`` -> no baseline."""
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    if names == ["none"]:
-        return ()
-    out: list[Baseline] = []
-    for name in names:
-        try:
-            b = Baseline(name)
-        except ValueError:
-            raise InputError(f"{option} {text!r}: unknown baseline {name!r}; expected a "
-                             f"comma-separated list of: {', '.join(b.value for b in Baseline)} "
-                             "(or none)") from None
-        if b not in out:
-            out.append(b)
-    return tuple(out)
 
 
 def run_baseline(name: Baseline, coarse: np.ndarray, aux: np.ndarray, factor: int, *,
@@ -117,8 +93,6 @@ def run_baseline(name: Baseline, coarse: np.ndarray, aux: np.ndarray, factor: in
                                    conserve=True) for c in coarse])
     return B.upsample(coarse, factor, name.value)
 
-
-# --- thresholds --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Threshold:
@@ -147,30 +121,6 @@ class Threshold:
             return f"{self.metric} = {value:.6g} is below {self.limit:g} {spec}"
         return None
 
-
-def parse_threshold(text: str, *, bound: str = "above") -> Threshold:
-    """Parse ``METRIC=VALUE`` for ``--fail-above``/``--fail-below``."""
-    option = f"--fail-{bound}"
-    if bound not in ("above", "below"):
-        raise ValueError(f"bound must be 'above' or 'below', not {bound!r}")
-    name, sep, value = text.partition("=")
-    name = name.strip().lower()
-    if not sep or not name:
-        raise InputError(f"{option} {text!r}: expected METRIC=VALUE, e.g. {option} rmse=1.2")
-    if name not in M.METRICS:
-        raise InputError(f"{option} {text!r}: unknown metric {name!r}; expected one of: "
-                         f"{', '.join(M.METRICS)}")
-    try:
-        limit = float(value)
-    except ValueError:
-        raise InputError(f"{option} {text!r}: value {value.strip()!r} for {name} is not a "
-                         f"number; expected METRIC=VALUE, e.g. {option} {name}=0.9") from None
-    if not math.isfinite(limit):
-        raise InputError(f"{option} {text!r}: value for {name} must be a finite number")
-    return Threshold(name, limit, bound)
-
-
-# --- configuration and report ------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ValidateConfig:
@@ -206,140 +156,6 @@ class ValidateConfig:
     csv_path: Path | None = None
     js_bins: int = M.JS_BINS
 
-
-@dataclass(frozen=True)
-class SubsetResult:
-    """Metrics of PRED on a spatial block or one band, with skill against each baseline.
-
-    ``row``/``col`` (0-based block indices) are set for blocks, ``band`` (1-based) and
-    ``date`` for bands.
-    """
-
-    scope: str
-    n_valid: int
-    metrics: dict[str, float]
-    skill: dict[str, float] = field(default_factory=dict)
-    row: int | None = None
-    col: int | None = None
-    window: tuple[int, int, int, int] | None = None  # (row_off, col_off, height, width) px
-    band: int | None = None
-    date: str = ""
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """Result of :func:`validate`. ``to_dict`` gives the JSON shape; ``to_rows`` the CSV."""
-
-    pred: str
-    truth: str
-    coarse: str | None
-    grid: Grid
-    n_bands: int
-    n_valid: int
-    n_valid_pred_truth: int
-    metrics: dict[str, float]
-    baselines: dict[str, dict[str, float]]
-    skill: dict[str, float]
-    blocks: tuple[SubsetResult, ...]
-    bands: tuple[SubsetResult, ...]
-    factor: int | None = None
-    truth_resampling: str | None = None
-    units: str = ""
-    plots: tuple[str, ...] = ()
-    broken: tuple[str, ...] = ()
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return not self.broken
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict; NaN and infinite values become None (null)."""
-        def sub(s: SubsetResult) -> dict:
-            d: dict = {}
-            if s.scope == "block":
-                d.update(row=s.row, col=s.col, window=list(s.window) if s.window else None)
-            else:
-                d.update(band=s.band, date=s.date)
-            d.update(n_valid=s.n_valid, metrics=_clean(s.metrics), skill=_clean(s.skill))
-            return d
-
-        return {
-            "pred": self.pred, "truth": self.truth, "coarse": self.coarse,
-            "grid": self.grid.to_dict(), "n_bands": self.n_bands, "units": self.units,
-            "n_valid": self.n_valid, "n_valid_pred_truth": self.n_valid_pred_truth,
-            "factor": self.factor, "truth_resampling": self.truth_resampling,
-            "metrics": _clean(self.metrics),
-            "baselines": {k: _clean(v) for k, v in self.baselines.items()},
-            "skill": _clean(self.skill),
-            "blocks": [sub(b) for b in self.blocks],
-            "bands": [sub(b) for b in self.bands],
-            "plots": list(self.plots), "passed": self.passed, "broken": list(self.broken),
-            "seconds": round(self.seconds, 3),
-        }
-
-    def to_rows(self) -> list[dict]:
-        """Long-format rows, one per (scope, subject, metric).
-
-        Columns (:data:`CSV_COLUMNS`): ``scope`` (overall | block | band), ``subject``
-        (``pred`` or a baseline name), ``block_row``, ``block_col``, ``band``, ``date``,
-        ``n_valid``, ``metric`` (a key of METRICS, or ``skill`` = 1 - RMSE_pred /
-        RMSE_subject), ``value`` (empty when undefined).
-        """
-        rows: list[dict] = []
-
-        def add(scope, subject, values, n, **where):
-            for k, v in values.items():
-                rows.append({"scope": scope, "subject": subject, "block_row": where.get("row"),
-                             "block_col": where.get("col"), "band": where.get("band"),
-                             "date": where.get("date", ""), "n_valid": n, "metric": k,
-                             "value": _num(v)})
-
-        add("overall", "pred", self.metrics, self.n_valid)
-        for name, values in self.baselines.items():
-            add("overall", name, {**values, "skill": self.skill.get(name)}, self.n_valid)
-        for s in (*self.blocks, *self.bands):
-            where = {"row": s.row, "col": s.col, "band": s.band, "date": s.date}
-            add(s.scope, "pred", s.metrics, s.n_valid, **where)
-            for name, v in s.skill.items():
-                add(s.scope, name, {"skill": v}, s.n_valid, **where)
-        return rows
-
-
-CSV_COLUMNS = ("scope", "subject", "block_row", "block_col", "band", "date", "n_valid", "metric",
-               "value")
-
-
-def _num(v: float | None) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _clean(d: dict[str, float]) -> dict[str, float | None]:
-    return {k: _num(v) for k, v in d.items()}
-
-
-def write_json(report: ValidationReport, path: str | Path) -> Path:
-    """Write ``report.to_dict()`` as JSON (atomically; an existing file is replaced)."""
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return Path(path)
-
-
-def write_csv(report: ValidationReport, path: str | Path) -> Path:
-    """Write ``report.to_rows()`` as CSV (long format, see :meth:`ValidationReport.to_rows`)."""
-    with atomic_path(path, overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            for row in report.to_rows():
-                w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return Path(path)
-
-
-# --- the work ----------------------------------------------------------------------------
 
 def _grid_of(info: RasterInfo) -> Grid:
     from affine import Affine
@@ -473,7 +289,7 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
 
     plots: tuple[str, ...] = ()
     if cfg.plots_dir is not None:
-        from geosr import figures
+        from geosr.evaluate import figures
 
         b = cfg.plot_band - 1
         plots = tuple(str(p) for p in figures.write_all(

@@ -10,15 +10,13 @@ complete (:func:`atomic_path`, :func:`atomic_dir`), so an interrupted run never 
 half-written output under the final name.
 """
 
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import re
-import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
@@ -35,19 +32,13 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geosr.errors import (
-    GeosrError,
     GridError,
-    InputError,
-    OutputExistsError,
-    ProcessingError,
     RasterReadError,
 )
 from geosr.grid import Bounds, Grid, crs_string
 
 log = logging.getLogger(__name__)
 
-TMP_TAG = ".geosr-tmp"
-"""Marker in the names of temporary outputs; such files are never final results."""
 
 _DATE_KEYS = ("DATE_TIME", "NETCDF_DIM_time", "NETCDF_DIM_valid_time", "time", "TIME", "date",
               "DATE")
@@ -172,6 +163,8 @@ def _is_gdal_name(path: str) -> bool:
 
 _CONTAINER_DRIVERS = {".nc": "NETCDF", ".nc4": "NETCDF", ".cdf": "NETCDF", ".netcdf": "NETCDF",
                       ".h5": "HDF5", ".hdf5": "HDF5", ".he5": "HDF5"}
+
+
 _SUBDATASET_RE = re.compile(r'^(NETCDF|HDF5):"?(.+?)"?:([^:"]+)$', re.IGNORECASE)
 
 
@@ -453,37 +446,6 @@ def _unpacker(src: rasterio.DatasetReader):
     return unpack
 
 
-def gtiff_profile(grid: Grid, count: int, *, block: int = 256) -> dict:
-    """Profile for an aligned float32 GeoTIFF: tiled, deflate + float predictor, NaN nodata."""
-    profile = {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
-        "dtype": "float32", "crs": grid.rio_crs, "transform": grid.transform,
-        "nodata": float("nan"), "compress": "deflate", "predictor": 3, "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": "ALL_CPUS",
-    }
-    if grid.width >= 16 and grid.height >= 16:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    return profile
-
-
-def open_writer(path: str | os.PathLike, grid: Grid, count: int, *,
-                descriptions: list[str] | None = None, units: list[str] | None = None,
-                tags: dict | None = None) -> rasterio.io.DatasetWriter:
-    """Create a float32 GeoTIFF on ``grid`` for windowed writing (caller closes it)."""
-    try:
-        dst = rasterio.open(path, "w", **gtiff_profile(grid, count))
-    except RasterioError as e:
-        raise ProcessingError(f"{path}: cannot create ({e})") from e
-    for b in range(1, count + 1):
-        if descriptions and descriptions[b - 1]:
-            dst.set_band_description(b, descriptions[b - 1])
-        if units and units[b - 1]:
-            dst.set_band_unit(b, units[b - 1])
-    if tags:
-        dst.update_tags(**{k: str(v) for k, v in tags.items()})
-    return dst
-
-
 def read_full(path: str | os.PathLike, bands: list[int] | None = None) -> tuple[np.ndarray, Grid]:
     """Read a (small, already aligned) raster whole as float32 with NaN nodata, and its grid."""
     with open_raster(path) as src:
@@ -493,228 +455,6 @@ def read_full(path: str | os.PathLike, bands: list[int] | None = None) -> tuple[
         out = _unpacker(src)(arr.filled(np.nan), bands)
     out[~np.isfinite(out)] = np.nan
     return out, grid
-
-
-def _check_parent(final: Path) -> None:
-    parent = final.parent if str(final.parent) else Path(".")
-    if not parent.exists():
-        raise InputError(f"{final}: output folder {parent} does not exist; create it first")
-    if not parent.is_dir():
-        raise InputError(f"{final}: {parent} is not a folder; expected an output folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{final}: output folder {parent} is not writable; choose another")
-
-
-def check_output_file(final: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Fail early (before any work) when ``final`` cannot or must not be written."""
-    final = Path(final)
-    _check_parent(final)
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"{final}: already exists; pass --overwrite to replace it")
-    if final.is_dir():
-        raise InputError(f"{final}: is a folder; expected a file name for the output")
-    return final
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; move it into place only on success.
-
-    The temporary name starts with a dot and contains ``.geosr-tmp`` so that listings
-    and globs for ``*.tif`` do not pick it up; it is removed on any failure, including
-    KeyboardInterrupt.
-    """
-    final = check_output_file(final, overwrite=overwrite)
-    tmp = final.with_name(f".{final.stem}{TMP_TAG}-{uuid.uuid4().hex[:8]}{final.suffix}")
-    try:
-        yield tmp
-        if final.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{final}: appeared while working; pass --overwrite to replace it"
-            )
-        os.replace(tmp, final)
-    except ProcessingError as e:
-        # Name the user's file, not the temporary one (or its siblings) that is gone now.
-        names_tmp = re.compile(re.escape(str(tmp.with_suffix(""))) + r"[^\s:;,()]*")
-        if not names_tmp.search(str(e)):
-            raise
-        raise ProcessingError(f"{names_tmp.sub(str(final), str(e))}; nothing was left under "
-                              "that name") from e
-    except OSError as e:
-        if isinstance(e, GeosrError):
-            raise
-        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
-                              "under that name") from e
-    finally:
-        for p in (tmp, Path(str(tmp) + ".aux.xml")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
-def check_output_dir(final: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Fail early (before any work) when folder ``final`` cannot or must not be written."""
-    final = Path(final)
-    _check_parent(final)
-    if final.exists():
-        if not final.is_dir():
-            raise InputError(f"{final}: exists and is not a folder; expected a folder name")
-        if any(final.iterdir()) and not overwrite:
-            raise OutputExistsError(f"{final}: folder exists and is not empty; pass --overwrite "
-                                    "to replace it")
-    return final
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; move it into place only on success.
-
-    An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
-    """
-    final = check_output_dir(final, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_TAG}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except OSError as e:
-        if isinstance(e, GeosrError):
-            raise
-        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
-                              "under that name") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-COG_OPTIONS = {
-    "COMPRESS": "DEFLATE", "PREDICTOR": "FLOATING_POINT", "BLOCKSIZE": "512",
-    "OVERVIEW_RESAMPLING": "AVERAGE", "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS",
-}
-
-COG_PIXEL_TILE_MAX_BYTES = 32 << 20
-"""Largest pixel-interleaved COG tile (one block of every band); beyond, bands are
-interleaved by band. GDAL's COG driver (before GDAL 3.11) writes only pixel-interleaved
-tiles and holds a few whole tiles while copying, so its memory grows with the band count:
-a 744-band float32 output has 780 MB tiles and peaked at 2.4 GB. 32 MiB keeps up to 32
-float32 bands pixel-interleaved at 512 px blocks."""
-
-
-def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, **options) -> None:
-    """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF: tiled, internal overviews, IFDs first.
-
-    Pixel-interleaved through GDAL's COG driver while one tile of all bands fits in
-    :data:`COG_PIXEL_TILE_MAX_BYTES`; band-interleaved beyond (:func:`_copy_band_cog`), so
-    that memory does not grow with the band count. GDAL builds the overviews (average);
-    band descriptions, units and tags are carried over from the source. ``options`` are
-    COG driver creation options (e.g. ``LEVEL``). A band-interleaved copy adds the
-    overviews to ``src_path`` first (a stage file, deleted afterwards).
-    """
-    opts = {**COG_OPTIONS, **{k.upper(): str(v) for k, v in options.items()}}
-    try:
-        with rasterio.open(src_path) as src:
-            tile = src.count * int(opts["BLOCKSIZE"]) ** 2 * np.dtype(src.dtypes[0]).itemsize
-        if tile <= COG_PIXEL_TILE_MAX_BYTES:
-            rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
-        else:
-            _copy_band_cog(src_path, dst_path, opts)
-    except (RasterioError, CPLE_BaseError) as e:
-        raise ProcessingError(f"{dst_path}: COG writing failed ({_reason(e)}); check free "
-                              "disk space and file-size limits") from e
-    check_written(dst_path)
-
-
-def _copy_band_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike,
-                   opts: dict[str, str]) -> None:
-    """A band-interleaved COG, made the way GDAL's COG driver makes its layout.
-
-    Overviews are built into ``src_path`` (as many levels as the COG driver makes: halving
-    until the smallest fits one block; same resampling, band by band), then GTiff's
-    ``COPY_SRC_OVERVIEWS`` writes all IFDs first and the data from the smallest overview
-    to full resolution, a band at a time. The result passes GDAL's COG validator; GDAL
-    3.10 writes its "ghost" layout header (``LAYOUT=COG``) only for pixel interleaving.
-    """
-    block = int(opts["BLOCKSIZE"])
-    with rasterio.open(src_path, "r+") as src:
-        factors: list[int] = []
-        w, h = src.width, src.height
-        while w > block or h > block:
-            w, h = max(1, w // 2), max(1, h // 2)
-            factors.append(2 ** (len(factors) + 1))
-        if factors:
-            src.build_overviews(factors, Resampling[opts["OVERVIEW_RESAMPLING"].lower()])
-    predictor = {"FLOATING_POINT": "3", "STANDARD": "2"}.get(opts["PREDICTOR"].upper(),
-                                                              opts["PREDICTOR"])
-    gtiff = {"COPY_SRC_OVERVIEWS": "YES", "TILED": "YES", "BLOCKXSIZE": str(block),
-             "BLOCKYSIZE": str(block), "INTERLEAVE": "BAND", "COMPRESS": opts["COMPRESS"],
-             "PREDICTOR": predictor, "BIGTIFF": opts["BIGTIFF"],
-             "NUM_THREADS": opts["NUM_THREADS"]}
-    level_key = {"DEFLATE": "ZLEVEL", "ZSTD": "ZSTD_LEVEL", "LZMA": "LZMA_PRESET"}.get(
-        opts["COMPRESS"].upper())
-    if "LEVEL" in opts and level_key:
-        gtiff[level_key] = opts["LEVEL"]
-    rasterio.shutil.copy(str(src_path), str(dst_path), driver="GTiff", **gtiff)
-
-
-def check_written(path: str | os.PathLike) -> None:
-    """Raise :class:`ProcessingError` unless the GeoTIFF at ``path`` is complete.
-
-    Why: with multi-threaded compression (``NUM_THREADS``) GDAL reports a failed write
-    (full disk, file-size limit) only in its log and closes the file as if all were
-    well, leaving a truncated file. A complete file opens and holds every block of
-    band 1 and the last block of every band (the end of the data) inside the file.
-    """
-    path = Path(path)
-    hint = "check free disk space and file-size limits"
-    try:
-        size = path.stat().st_size
-        with rasterio.open(path) as src:
-            (bh, bw), (h, w) = src.block_shapes[0], src.shape
-            ny, nx = -(-h // bh), -(-w // bw)
-            if src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) is None:
-                return  # not a GeoTIFF: nothing to check
-            blocks = [(1, x, y) for y in range(ny) for x in range(nx)]
-            blocks += [(b, nx - 1, ny - 1) for b in range(2, src.count + 1)]
-            for b, x, y in blocks:
-                off = int(src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b) or 0)
-                n = int(src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b) or 0)
-                if off <= 0 or off + n > size:
-                    raise ProcessingError(f"{path}: incomplete after writing (band {b} block "
-                                          f"{x},{y} is missing or past the end of the {size}-"
-                                          f"byte file); {hint}")
-    except (RasterioError, CPLE_BaseError, OSError) as e:
-        raise ProcessingError(f"{path}: cannot be read back after writing ({_reason(e)}); "
-                              f"{hint}") from e
-
-
-def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block: int = 512,
-                       block_rows: int = 32, descriptions: list[str] | None = None,
-                       units: list[str] | None = None,
-                       tags: dict | None = None) -> rasterio.io.DatasetWriter:
-    """Create a temporary float32 GeoTIFF for streamed writes ahead of a COG copy.
-
-    Band-interleaved, so that bands written in separate passes never rewrite a block;
-    wide, short tiles (``block`` x ``block_rows``) so that a writer holding back a
-    partial row of blocks holds little; ZSTD level 1 without predictor: the file is
-    written once, read once by :func:`translate_to_cog` and deleted, so speed matters
-    more than size. Write whole rows of blocks (row offsets multiple of ``block_rows``).
-    """
-    profile = {**gtiff_profile(grid, count, block=block), "compress": "zstd", "zstd_level": 1,
-               "interleave": "band"}
-    if profile.get("tiled"):
-        profile["blockysize"] = block_rows
-    profile.pop("predictor", None)
-    try:
-        dst = rasterio.open(path, "w", **profile)
-    except RasterioError as e:
-        raise ProcessingError(f"{path}: cannot create ({e})") from e
-    for b in range(1, count + 1):
-        if descriptions and descriptions[b - 1]:
-            dst.set_band_description(b, descriptions[b - 1])
-        if units and units[b - 1]:
-            dst.set_band_unit(b, units[b - 1])
-    if tags:
-        dst.update_tags(**{k: str(v) for k, v in tags.items()})
-    return dst
 
 
 class OnGridReader:
@@ -806,13 +546,17 @@ def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,
     return out
 
 
-# --------------------------------------------------------------------------- class rasters
-
 MAX_DETECTED_CLASSES = 32
 """A raster with this many distinct integer values or fewer (and no units) reads as classes."""
+
+
 DETECT_MAX_PX = 1 << 20
 """Pixels of the decimated read that counts distinct values (nearest, ~1M px)."""
+
+
 _CLASS_WORDS = re.compile(r"(?<![a-z])(class|categor|land[ _-]?(cover|use|type)|lulc)")
+
+
 _CLASS_TAGS = ("long_name", "standard_name", "description", "DESCRIPTION", "NAME", "name")
 
 

@@ -11,7 +11,7 @@ It runs the real ``geosr`` command lines (printed as it goes, so they can be cop
 
 Nothing is downloaded. Usage::
 
-    python -m geosr.demo --out demo-output [--data auto|real|synthetic] [--minutes 3]
+    python examples/demo.py --out demo-output [--data auto|real|synthetic] [--minutes 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+# ../shared beside the checkout
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
@@ -77,7 +78,7 @@ def _plan_synthetic(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m geosr.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python examples/demo.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="demo-output", help="folder for everything the demo makes")
     ap.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time budget")

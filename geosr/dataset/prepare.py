@@ -26,18 +26,12 @@ from geosr.align import (
     plan_grids,
     resampling_for,
 )
+from geosr.dataset.manifest import Layer, Manifest, Sample
 from geosr.errors import GridError, InputError
 from geosr.grid import Bounds, Grid, footprint
-from geosr.io import (
-    AlignedReader,
-    RasterInfo,
-    atomic_dir,
-    check_output_dir,
-    gdal_env,
-    open_writer,
-    raster_info,
-)
-from geosr.manifest import Layer, Manifest, Sample
+from geosr.io.atomic import atomic_dir, check_output_dir
+from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
+from geosr.io.write import open_writer
 from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
 from geosr.timerange import TimeRange, select_bands
 

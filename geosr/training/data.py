@@ -21,9 +21,9 @@ from enum import Enum
 import numpy as np
 from rasterio.windows import Window
 
+from geosr.dataset.manifest import Manifest
 from geosr.errors import InputError
-from geosr.io import open_raster, read_window
-from geosr.manifest import Manifest
+from geosr.io.read import open_raster, read_window
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ filled from their nearest valid neighbour so that the coast of a field does not 
 like a cliff to the network.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosr import __version__
-from geosr.errors import BundleError, InputError
-from geosr.io import atomic_path
+from geosr.errors import BundleError
+from geosr.io.atomic import atomic_path
 from geosr.units import ValueRange
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,13 +48,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from geosr.nn import NetConfig
 
+
 log = logging.getLogger(__name__)
 
+
 BUNDLE_FORMAT = "geosr-bundle"
+
+
 BUNDLE_FORMAT_VERSION = 1
+
+
 BUNDLE_SUFFIX = ".geosr"
-MAX_PREDICT_PX = 2_000_000
-"""Fine pixels per forward pass in :meth:`Predictor.predict` (bounds activation memory)."""
+HALO_METHOD = "crop-2"
+"""Tag of the halo measurement stored in bundles; others are re-measured on load."""
 
 
 @dataclass(frozen=True)
@@ -183,9 +190,6 @@ def _build_model(config, state_dict: dict, *, where: str) -> torch.nn.Module:
     return model.eval()
 
 
-# --------------------------------------------------------------------------- hashing
-
-
 def _hash_fields(config, aux, factor, res_m, norm) -> dict:
     return {"config": asdict(config), "aux": [a.to_dict() for a in aux], "factor": int(factor),
             "res_m": float(res_m), "norm": norm}
@@ -215,9 +219,6 @@ def _json_default(o: Any):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-# --------------------------------------------------------------------------- save / load
 
 
 def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwrite: bool = False,
@@ -256,6 +257,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     sha = content_hash(state, _hash_fields(config, aux, factor, res_m, norm))
     model = _build_model(config, state, where=str(path))
+    from geosr.model.predictor import measure_decode_halo, measure_halo  # they run a model
+
     halo, decode_halo = measure_halo(model), measure_decode_halo(model)
     meta = {
         **_hash_fields(config, aux, factor, res_m, norm),
@@ -396,344 +399,7 @@ def _coarse_stats(d) -> dict:
         return {}
 
 
-# --------------------------------------------------------------------------- model lookup
-
-
-def shipped_model_dirs() -> list[Path]:
-    """Folders that hold shipped models (installed package data, then a source checkout)."""
-    import geosr
-
-    here = Path(geosr.__file__).resolve()
-    dirs = [here.parent / "shipped_models", here.parents[1] / "models"]
-    return [d for d in dirs if d.is_dir()]
-
-
-def available_models() -> list[str]:
-    """Names of the shipped models."""
-    names: set[str] = set()
-    for d in shipped_model_dirs():
-        for p in d.glob(f"*{BUNDLE_SUFFIX}"):
-            names.add(p.stem)
-        for p in d.glob(f"*/*{BUNDLE_SUFFIX}"):
-            if p.stem == p.parent.name:
-                names.add(p.stem)
-    return sorted(names)
-
-
-def resolve_model(spec: str | os.PathLike) -> Path:
-    """A model file from ``--model``: an existing path, or the name of a shipped model.
-
-    Raises:
-        BundleError: neither a file nor a known name; the message lists the shipped names.
-    """
-    text = str(spec)
-    path = Path(text)
-    if path.is_file():
-        return path
-    if text and "/" not in text and os.sep not in text:
-        name = text[: -len(BUNDLE_SUFFIX)] if text.endswith(BUNDLE_SUFFIX) else text
-        for d in shipped_model_dirs():
-            for cand in (d / name / f"{name}{BUNDLE_SUFFIX}", d / f"{name}{BUNDLE_SUFFIX}"):
-                if cand.is_file():
-                    return cand
-    names = available_models()
-    shown = ", ".join(names) if names else "none are installed"
-    raise BundleError(f"--model {text!r}: no such file and no shipped model of that name; "
-                      f"expected a .geosr file or one of: {shown}")
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def fill_coarse(coarse: np.ndarray) -> np.ndarray:
-    """Fill NaN cells of ``(..., h, w)`` from their nearest valid cell (all-NaN -> NaN)."""
-    from geosr.baselines import fill_nearest
-
-    lead = coarse.shape[:-2]
-    flat = coarse.reshape(-1, *coarse.shape[-2:])
-    out = np.stack([fill_nearest(a) for a in flat]) if flat.shape[0] else flat.copy()
-    return out.reshape(*lead, *coarse.shape[-2:])
-
-
-def encode_coarse(coarse: torch.Tensor, norm: dict) -> torch.Tensor:
-    """Standardise an already NaN-filled coarse tensor; remaining NaN -> 0 (the mean)."""
-    import torch
-
-    mean, std = float(norm["coarse"]["mean"]), float(norm["coarse"]["std"])
-    z = (coarse - mean) / std
-    return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def encode_aux(aux: torch.Tensor, specs: tuple[AuxChannelSpec, ...]) -> torch.Tensor:
-    """Turn ``(N, A, H, W)`` aux layers (physical units, NaN nodata) into network channels.
-
-    Continuous layers are standardised (NaN -> 0, the mean); categorical layers become
-    one 0/1 channel per class (NaN or an unknown class -> all zeros).
-    """
-    import torch
-
-    chans = []
-    for k, spec in enumerate(specs):
-        x = aux[:, k:k + 1]
-        if spec.categorical:
-            for c in spec.classes:
-                chans.append((x == c).to(aux.dtype))
-        else:
-            z = (x - spec.mean) / spec.std
-            chans.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
-    if not chans:
-        return aux.new_zeros((aux.shape[0], 0, *aux.shape[2:]))
-    return torch.cat(chans, dim=1)
-
-
-def check_aux_array(aux: np.ndarray | None, specs: tuple[AuxChannelSpec, ...], n: int,
-                    fine_shape: tuple[int, int], *, where: str = "model") -> None:
-    """Raise a one-line error when ``aux`` does not fit the model's aux layers."""
-    names = ", ".join(s.name for s in specs) or "none"
-    if not specs:
-        if aux is not None and aux.shape[1] != 0:
-            raise BundleError(f"{where} was trained without aux layers but {aux.shape[1]} were "
-                              "given; expected none")
-        return
-    if aux is None:
-        raise BundleError(f"{where} needs {len(specs)} aux layer(s) ({names}); none were given")
-    if aux.ndim == 4 and aux.shape[1] != len(specs):
-        raise BundleError(f"{where} was trained with {len(specs)} aux layer(s) ({names}) but "
-                          f"{aux.shape[1]} were given; expected the same layers in that order")
-    if aux.ndim != 4 or aux.shape[0] != n or tuple(aux.shape[2:]) != tuple(fine_shape):
-        raise BundleError(f"{where} needs aux of shape ({n}, {len(specs)}, {fine_shape[0]}, "
-                          f"{fine_shape[1]}) (layers: {names}); got {tuple(aux.shape)}")
-
-
-# --------------------------------------------------------------------------- inference
-
-
-HALO_METHOD = "crop-2"
-"""Tag of the halo measurement stored in bundles; others are re-measured on load."""
-HALO_TOLERANCE = 2e-3
-"""Largest change, relative to the output's std, that missing context may cause in a core."""
-HALO_MAX_CELLS = 16
-
-
-def full_halo(model) -> int:
-    """Coarse cells per side covering the model's whole receptive field (an upper bound)."""
-    f = int(model.cfg.factor)
-    px = getattr(model, "halo_px", None)
-    return max(1, math.ceil(px / f)) if px else 8
-
-
-def _smooth_noise(gen, shape: tuple[int, ...], k: int):
-    """Unit-variance noise smoothed over about ``2k`` pixels (a stand-in for real fields)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.randn(*shape, generator=gen)
-    for _ in range(2):
-        x = F.avg_pool2d(F.pad(x, (k, k, k, k), mode="replicate"), 2 * k + 1, stride=1)
-    return x / x.std().clamp_min(1e-12)
-
-
 def _stored_halos(meta: dict) -> dict[str, int]:
     """The halos a bundle records; 0 (measure again) when written by another method."""
     current = meta.get("halo_method") == HALO_METHOD
     return {k: int(meta.get(k, 0)) if current else 0 for k in ("halo_coarse", "decode_halo")}
-
-
-def _probe(cfg, n: int, seed: int):
-    """Smooth random coarse field and aux, ``n`` coarse cells square, standardised units."""
-    import torch
-
-    f = int(cfg.factor)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (1, cfg.n_coarse, n, n)
-    coarse = _smooth_noise(gen, shape, 2) + 0.3 * torch.randn(*shape, generator=gen)
-    aux = None
-    if cfg.n_aux:
-        fine = (1, cfg.n_aux, n * f, n * f)
-        aux = _smooth_noise(gen, fine, f) + 0.3 * _smooth_noise(gen, fine, 1)
-    return coarse, aux
-
-
-def _context_needed(model, run, radius: int, core: int, tol: float, seed: int) -> int:
-    """Smallest context ``d`` (coarse cells per side) such that ``run`` on every crop
-    with ``d`` or more cells around a ``core`` reproduces the whole window's core within
-    ``tol`` of the output's std.
-
-    ``run(coarse, aux, lo, hi)`` predicts the crop of coarse cells ``lo:hi`` (both axes)
-    of the probe window ``coarse``/``aux``.
-    """
-    import torch
-
-    f = int(model.cfg.factor)
-    n = core + 2 * radius
-    coarse, aux = _probe(model.cfg, n, seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            full = run(coarse, aux, 0, n)
-            scale = float(full.std()) or 1.0
-            ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
-            # From the widest context down: the first crop that misses is the answer.
-            for d in range(radius, 0, -1):
-                out = run(coarse, aux, radius - d, radius + core + d)
-                got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
-                err = float((got - ref).abs().max()) / scale
-                if not (math.isfinite(err) and err <= tol):
-                    return min(d + 1, radius)
-    finally:
-        model.train(was_training)
-    return 1
-
-
-def _crop(aux, lo: int, hi: int, f: int):
-    return aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
-
-
-def measure_halo(model, *, tol: float = HALO_TOLERANCE, core: int = 4, seed: int = 0) -> int:
-    """Context a tile needs, in coarse cells per side, measured on the trained weights.
-
-    The architecture's receptive field (:attr:`Generator.halo_px`) is an upper bound of
-    10-20 coarse cells; the trained weights concentrate the influence much closer. The
-    measurement is direct: the network runs on a large window of smooth random fields
-    and on crops of it that keep ``d`` cells of context around a ``core`` of cells; the
-    halo is the smallest ``d`` such that every crop with ``d`` or more cells of context
-    reproduces the core within ``tol`` of the output's standard deviation. (Input
-    gradients were tried first: they miss the collective effect of padding on the
-    windowed attention statistics, and underestimate the halo by 3-4 cells.) The
-    downscale engine gives each tile this much context for the network's coarse
-    encoder (see :meth:`Predictor.predict`'s ``margin``).
-    """
-    f = int(model.cfg.factor)
-
-    def run(coarse, aux, lo, hi):
-        return model(coarse[..., lo:hi, lo:hi], _crop(aux, lo, hi, f))
-
-    return _context_needed(model, run, min(full_halo(model), HALO_MAX_CELLS), core, tol, seed)
-
-
-def measure_decode_halo(model, *, tol: float = 1e-4, core: int = 4, seed: int = 0) -> int:
-    """Context the fine decoder needs, in coarse cells per side, given exact features.
-
-    Like :func:`measure_halo`, but the coarse features (:meth:`Generator.encode`) come
-    from the whole window and only :meth:`Generator.decode` runs on crops. The decoder
-    is small and local, so this is usually 1-2 cells where the whole network needs 4-6;
-    it is what the downscale engine blends across tiles.
-    """
-    f = int(model.cfg.factor)
-    feats = {}
-
-    def run(coarse, aux, lo, hi):
-        if "all" not in feats:  # the probe window is the same for every crop
-            feats["all"] = model.encode(coarse, model.pool_aux(aux) if aux is not None else None)
-        return model.decode(feats["all"][..., lo:hi, lo:hi], coarse[..., lo:hi, lo:hi],
-                            _crop(aux, lo, hi, f))
-
-    radius = max(1, min(math.ceil((model.decode_halo_px or 4 * f) / f), HALO_MAX_CELLS))
-    return _context_needed(model, run, radius, core, tol, seed)
-
-
-class Predictor:
-    """Runs a bundle's network on numpy arrays (the downscale engine calls this per batch).
-
-    Args:
-        bundle: a loaded bundle.
-        device: torch device or its name.
-        conserve: None runs the model as trained; False disables the hard conservation
-            layer; True forces it on.
-    """
-
-    def __init__(self, bundle: Bundle, *, device: Any = "cpu", conserve: bool | None = None):
-        import torch
-
-        self.bundle = bundle
-        self.device = torch.device(device)
-        self.factor = int(bundle.factor)
-        self.aux_names = bundle.aux_names
-        config = bundle.config
-        if conserve is not None and hasattr(config, "conserve") and \
-                bool(config.conserve) != bool(conserve):
-            config = dataclasses.replace(config, conserve=bool(conserve))
-        self.config = config
-        self.conserve = bool(getattr(config, "conserve", False))
-        self.model = _build_model(config, bundle.state_dict, where="model bundle").to(self.device)
-        # Measured at save time; measured now for a bundle without a current measurement.
-        # halo_coarse: context for the coarse encoder; decode_halo: what tiles blend over.
-        self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model)
-        self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
-
-    def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
-                margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
-        """Downscale a batch of coarse windows.
-
-        Args:
-            coarse: ``(N, h, w)`` float32 on the coarse grid, physical units, NaN = nodata.
-            aux: ``(N, A, h*f, w*f)`` float32 on the fine grid, physical units (class
-                values for categorical layers), NaN = nodata; ``A`` = the model's aux
-                layers in :attr:`aux_names` order.
-
-            margin: coarse cells (top, left, bottom, right) of the input that are context
-                only: the coarse encoder sees the whole input, the fine decoder (which
-                is most of the cost) only the inner region plus :attr:`decode_halo`
-                cells, and the result covers the inner region.
-
-        Returns:
-            ``(N, h*f, w*f)`` float32 in physical units (the inner region with a
-            ``margin``), NaN where the coarse cell is NaN.
-
-        Raises:
-            BundleError: ``aux`` does not match the model's aux layers.
-            InputError: ``coarse`` is not ``(N, h, w)``.
-        """
-        import torch
-
-        coarse = np.asarray(coarse, dtype=np.float32)
-        if coarse.ndim != 3:
-            raise InputError(f"coarse: expected shape (N, h, w), got {coarse.shape}")
-        n, h, w = coarse.shape
-        f = self.factor
-        if aux is not None:
-            aux = np.asarray(aux, dtype=np.float32)
-        check_aux_array(aux, self.bundle.aux, n, (h * f, w * f),
-                        where=f"model ({self.bundle.variable or 'bundle'} "
-                              f"{self.bundle.sha256[:8]})")
-        top, left, bottom, right = (int(m) for m in margin)
-        if min(margin) < 0 or top + bottom >= h or left + right >= w:
-            raise InputError(f"margin {margin}: expected non-negative cells leaving an inner "
-                             f"region of the {h}x{w} coarse window")
-        ih, iw = h - top - bottom, w - left - right
-        out = np.full((n, ih * f, iw * f), np.nan, dtype=np.float32)
-        if n == 0:
-            return out
-        nan_coarse = ~np.isfinite(coarse[:, top:h - bottom, left:w - right])
-        filled = fill_coarse(coarse)
-        step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
-        tn = self.bundle.norm["target"]
-        with torch.inference_mode():
-            for k in range(0, n, step):
-                tc = torch.from_numpy(filled[k:k + step]).to(self.device)[:, None]
-                xc = encode_coarse(tc, self.bundle.norm)
-                xa = None
-                if self.bundle.aux:
-                    ta = torch.from_numpy(aux[k:k + step]).to(self.device)
-                    xa = encode_aux(ta, self.bundle.aux)
-                y = self._run(xc, xa, top, left, bottom, right)
-                y = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
-                out[k:k + step] = y.cpu().numpy()
-        if nan_coarse.any():
-            out[np.repeat(np.repeat(nan_coarse, f, -2), f, -1)] = np.nan
-        return out
-
-    def _run(self, xc, xa, top: int, left: int, bottom: int, right: int):
-        """The network on one batch; with a margin, decode only the inner region."""
-        if not (top or left or bottom or right):
-            return self.model(xc, xa)
-        m, f, d = self.model, self.factor, self.decode_halo
-        h, w = xc.shape[-2:]
-        feats = m.encode(xc, m.pool_aux(xa) if xa is not None else None)
-        t0, l0 = top - min(d, top), left - min(d, left)
-        b1, r1 = h - bottom + min(d, bottom), w - right + min(d, right)
-        a = xa[..., t0 * f:b1 * f, l0 * f:r1 * f] if xa is not None else None
-        y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a)
-        it, il = top - t0, left - l0
-        return y[..., it * f:(it + h - top - bottom) * f, il * f:(il + w - left - right) * f]

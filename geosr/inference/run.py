@@ -6,7 +6,7 @@ area-weighted averaging (held in memory for a group of bands: the coarse grid ha
 ``factor**2`` times fewer cells than the output, 800 x 800 cells for a 16 000 px
 square output at factor 20) and fill its nodata from the nearest valid cell over the
 whole grid, so that no tile fills it differently; then, tile by tile
-(:mod:`geosr.tiling`), read only the aux windows the tile needs on the fine grid,
+(:mod:`geosr.inference.tiling`), read only the aux windows the tile needs on the fine grid,
 predict, blend the overlapping tiles with weights that sum to 1, apply the
 per-coarse-cell conservation correction and the nodata mask to the completed rows, and
 write them to a temporary GeoTIFF. The GeoTIFF is then copied to
@@ -28,6 +28,7 @@ then reads its own windows from the paths and returns the tile array, so the pat
 be visible from the workers. The writer stays on the calling thread.
 """
 
+
 from __future__ import annotations
 
 import contextlib
@@ -36,10 +37,8 @@ import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,425 +49,56 @@ from rasterio.windows import Window
 from geosr import __version__
 from geosr.align import check_coverage, grid_crs, is_aligned, plan_grids, resampling_for
 from geosr.errors import BundleError, GridError, InputError, ProcessingError
-from geosr.grid import Bounds, Grid, footprint, native_cell_m
-from geosr.io import (
-    TMP_TAG,
+from geosr.grid import Grid, footprint, native_cell_m
+from geosr.inference.config import (
+    CONSERVE_DEFAULT,
+    DEFAULT_OVERLAP_CELLS,
+    DEFAULT_RES_M,
+    DEFAULT_TILE_PX,
+    MAX_DEFAULT_WORKERS,
+    DownscaleConfig,
+    DownscaleResult,
+    Method,
+    OutputSummary,
+    Progress,
+)
+from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
+from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
+from geosr.io.atomic import TMP_TAG, atomic_path, check_output_file
+from geosr.io.read import (
     AlignedReader,
     OnGridReader,
     RasterInfo,
-    atomic_path,
-    check_output_file,
-    check_written,
     container_file,
     gdal_env,
-    open_stream_writer,
     raster_info,
-    translate_to_cog,
 )
+from geosr.io.write import check_written, open_stream_writer, translate_to_cog
 from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
-from geosr.tiling import RowStitcher, Tile, TilePlan, plan_tiles
-from geosr.timerange import TimeRange, select_bands, subset_info
+from geosr.timerange import select_bands, subset_info
 from geosr.units import UnitPlan, ValueRange, plan_units
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
-
-class Method(str, Enum):
-    """Values of ``--method``."""
-
-    net = "net"
-    sharpen = "sharpen"
-    bicubic = "bicubic"
-
-
-METHOD_LABELS = {
-    Method.net: "network",
-    Method.sharpen: "regression sharpening",
-    Method.bicubic: "bicubic interpolation",
-}
-# Whether the per-coarse-cell correction is applied when --conserve is not given.
-# Plain bicubic stays plain interpolation unless asked.
-CONSERVE_DEFAULT = {Method.net: True, Method.sharpen: True, Method.bicubic: False}
-# Tile cores: the stitch buffer holds a full-width row of tiles, so peak memory grows
-# with width x tile; these keep it within ~1.2x from 2k to 16k px wide (see
-# benchmarks/bench_downscale.py) while the overlap stays a small share of the work.
-DEFAULT_TILE_PX = {Method.net: 512, Method.sharpen: 768, Method.bicubic: 768}
-# Context per side, in coarse cells. The outer half of it gets zero blend weight, so it
-# must cover the method's support: 1 cell for the bilinear residual of ``sharpen``,
-# 2 cells for bicubic.
-DEFAULT_OVERLAP_CELLS = {Method.sharpen: 2, Method.bicubic: 4}
-DEFAULT_RES_M = 500.0
 STAGE_BLOCK_ROWS = 32  # rows of the stage file's blocks (the writer holds back fewer)
+
+
 # Coarse cells the sharpening regression is fitted on, at most: beyond, a systematic
 # sample of row strips (a few coefficients need far fewer cells; reading all of a
 # 16k x 16k aux twice would cost as much as the tiles themselves).
 FIT_MAX_CELLS = 250_000
+
+
 # libdeflate level 1 takes half the time of the default 6 for ~1-2 % larger float32 COGs.
 COG_DEFLATE_LEVEL = 1
-MAX_DEFAULT_WORKERS = 4
+
+
 # Bands processed together, at most. Beyond a few dozen the per-group costs (aux windows
 # read per tile, tile scheduling) are amortised and a larger group only holds more
 # memory: on a small grid the memory budget alone let 111 of 744 hourly bands into one
 # group (+170 MB); with 32, 5 % more CPU time than with 111 (16: 15 %).
 MAX_GROUP_BANDS = 32
-
-
-@dataclass(frozen=True)
-class DownscaleConfig:
-    """Options of ``geosr downscale``.
-
-    Attributes:
-        coarse: coarse input rasters (bands = time steps), any CRS/format GDAL reads.
-        aux: auxiliary layers on (or warped to) the fine grid.
-        out: output file; only with a single input.
-        out_dir: output folder; default: beside each input, named ``<stem>_<res>m.tif``.
-        model: model bundle path or shipped model name; implies ``method=net``.
-        method: ``net``, ``sharpen`` or ``bicubic``; default ``net`` with a model, else
-            ``sharpen``.
-        res_m: fine resolution in metres (default: the model's, else 500).
-        factor: coarse/fine factor (default: the model's, else from the input cell size).
-        crs: projected CRS of the grids (default: the input's if projected, else a
-            projected aux's, else a local UTM zone).
-        bounds: (left, bottom, right, top) in the grid CRS; default: where the input and
-            every aux have data.
-        time: keep only the bands whose date lies in this range (``--time``).
-        tile_px: core tile size in fine pixels (rounded to whole coarse cells).
-        overlap_px: context per tile side in fine pixels (default from the method).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: local tile threads (default ``min(4, CPUs)``).
-        scheduler: dask scheduler address (``tcp://host:port``) or scheduler-file path.
-        conserve: force the conservation correction on/off (None: method default).
-        overwrite: replace existing outputs.
-        command: the command line, recorded in the output tags.
-        memory_mb: budget for stitch buffers and tiles in flight; bands are processed
-            in groups that fit, of ``MAX_GROUP_BANDS`` at most (the peak also holds the
-            model and libraries).
-        tile_batch: tiles per network call (default 1 on CPU, 8 on a GPU).
-    """
-
-    coarse: tuple[str, ...]
-    aux: tuple[LayerSpec, ...] = ()
-    out: Path | None = None
-    out_dir: Path | None = None
-    model: str | None = None
-    method: Method | None = None
-    res_m: float | None = None
-    factor: int | None = None
-    crs: str | None = None
-    bounds: Bounds | None = None
-    time: TimeRange | None = None
-    tile_px: int | None = None
-    overlap_px: int | None = None
-    device: str = "auto"
-    workers: int | None = None
-    scheduler: str | None = None
-    conserve: bool | None = None
-    overwrite: bool = False
-    command: str = ""
-    memory_mb: int = 384
-    tile_batch: int | None = None
-
-
-@dataclass(frozen=True)
-class OutputSummary:
-    """One written output."""
-
-    path: Path
-    source: str
-    bands: int
-    height: int
-    width: int
-    seconds: float
-
-    @property
-    def megapixels(self) -> float:
-        return self.bands * self.height * self.width / 1e6
-
-
-@dataclass
-class DownscaleResult:
-    """What ``downscale`` made."""
-
-    outputs: list[OutputSummary]
-    method: Method
-    conserve: bool
-    factor: int
-    res_m: float
-    tile_px: int
-    overlap_px: int
-    seconds: float
-    model: str | None = None
-    model_sha256: str | None = None
-    aux: tuple[str, ...] = ()
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def megapixels(self) -> float:
-        return sum(o.megapixels for o in self.outputs)
-
-    @property
-    def mpx_per_s(self) -> float:
-        return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
-
-    def to_dict(self) -> dict:
-        return {
-            "outputs": [
-                {"path": str(o.path), "source": o.source, "bands": o.bands,
-                 "shape": [o.bands, o.height, o.width], "seconds": round(o.seconds, 3)}
-                for o in self.outputs
-            ],
-            "method": self.method.value, "conserve": self.conserve, "factor": self.factor,
-            "res_m": self.res_m, "tile_px": self.tile_px, "overlap_px": self.overlap_px,
-            "model": self.model, "model_sha256": self.model_sha256, "aux": list(self.aux),
-            "seconds": round(self.seconds, 3), "megapixels": round(self.megapixels, 3),
-            "mpx_per_s": round(self.mpx_per_s, 3),
-        }
-
-
-# --------------------------------------------------------------------------- tile work
-
-
-@dataclass(frozen=True)
-class TileJob:
-    """Everything a worker needs to predict tiles of one input; no open handles.
-
-    Attributes:
-        method: the method.
-        fine: the fine grid (aux are read onto it).
-        factor: fine pixels per coarse cell.
-        aux: ``(path, resampling)`` per aux layer, in the order the method expects;
-            resampling None: the source is on the grid's lattice (read without warping).
-        fits: per-band regression fits (``sharpen``).
-        model_path: bundle path (``net``), for workers that load it themselves.
-        device: device string for workers that load the model themselves.
-        model_conserve: the ``conserve`` given to the Predictor.
-        batch: samples per network call.
-        context: coarse cells read around each tile's ``read`` window for the network's
-            coarse encoder only (the blended overlap then needs only the small fine
-            decoder's context); see :func:`context_margin`.
-    """
-
-    method: Method
-    fine: Grid
-    factor: int
-    aux: tuple[tuple[str, Resampling | None], ...] = ()
-    fits: tuple[Any, ...] = ()
-    model_path: str | None = None
-    device: str = "cpu"
-    model_conserve: bool | None = None
-    batch: int = 1
-    context: int = 0
-
-
-def context_margin(job: TileJob, read: Window) -> tuple[int, int, int, int]:
-    """Coarse cells (top, left, bottom, right) of encoder context around ``read``.
-
-    ``job.context`` per side, clipped to the grid; ``read`` is aligned to coarse cells.
-    """
-    f, c = job.factor, job.context
-    top, left = int(read.row_off) // f, int(read.col_off) // f
-    bottom = (job.fine.height - int(read.row_off + read.height)) // f
-    right = (job.fine.width - int(read.col_off + read.width)) // f
-    return min(c, top), min(c, left), min(c, bottom), min(c, right)
-
-
-def _expand(win: Window, margin: tuple[int, int, int, int], f: int) -> Window:
-    top, left, bottom, right = margin
-    return Window(win.col_off - left * f, win.row_off - top * f,
-                  win.width + (left + right) * f, win.height + (top + bottom) * f)
-
-
-def _open_reader(path: str, grid: Grid, resampling: Resampling | None):
-    """A direct reader for sources on the grid's lattice (None), else the warper."""
-    return OnGridReader(path, grid) if resampling is None else AlignedReader(path, grid, resampling)
-
-
-class _Readers:
-    """Aligned readers kept open per thread (GDAL handles are not thread-safe)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[AlignedReader] = []
-
-    def get(self, path: str, grid: Grid, resampling: Resampling | None) -> AlignedReader:
-        cache = getattr(self._local, "cache", None)
-        if cache is None:
-            cache = self._local.cache = {}
-        key = (path, grid, resampling)
-        rd = cache.get(key)
-        if rd is None:
-            rd = _open_reader(path, grid, resampling).__enter__()
-            cache[key] = rd
-            with self._lock:
-                self._open.append(rd)
-        return rd
-
-    def close(self) -> None:
-        with self._lock:
-            for rd in self._open:
-                rd.__exit__(None, None, None)
-            self._open.clear()
-
-
-@dataclass
-class Resources:
-    """Per-process helpers for :func:`predict_tiles`: open readers and a loaded model."""
-
-    readers: _Readers | None = None
-    predictor: Any = None
-
-
-_PREDICTORS: dict[tuple, Any] = {}
-_PREDICTORS_LOCK = threading.Lock()
-
-
-def _worker_predictor(job: TileJob) -> Any:
-    """The job's model, loaded once per worker process (dask path)."""
-    key = (job.model_path, job.device, job.model_conserve)
-    with _PREDICTORS_LOCK:
-        if key not in _PREDICTORS:
-            from geosr.bundle import Predictor, load_bundle
-            from geosr.device import resolve_device
-
-            _PREDICTORS[key] = Predictor(load_bundle(job.model_path),
-                                         device=resolve_device(job.device),
-                                         conserve=job.model_conserve)
-        return _PREDICTORS[key]
-
-
-def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.ndarray],
-                  res: Resources | None = None) -> list[np.ndarray]:
-    """Predict tiles: read their aux windows, run the method.
-
-    Args:
-        job: what to run.
-        tiles: tiles of one shape (their ``read`` windows are predicted).
-        coarse_wins: per tile, the coarse field ``(bands, h, w)`` under ``tile.read``.
-        res: open readers / loaded model; None (dask workers) opens what is needed here.
-
-    Returns:
-        Per tile, ``(bands, read rows, read cols)`` float32 with NaN nodata.
-    """
-    from geosr.baselines import sharpen_tile, upsample
-
-    with contextlib.ExitStack() as stack:
-        def reader(path: str, resampling: Resampling | None) -> AlignedReader:
-            if res is not None and res.readers is not None:
-                return res.readers.get(path, job.fine, resampling)
-            return stack.enter_context(_open_reader(path, job.fine, resampling))
-
-        auxes = []
-        for tile in tiles:
-            if job.aux:
-                win = _expand(tile.read, context_margin(job, tile.read), job.factor)
-                auxes.append(np.concatenate([reader(p, r).read(win, 1) for p, r in job.aux]))
-            else:
-                h, w = int(tile.read.height), int(tile.read.width)
-                auxes.append(np.zeros((0, h, w), np.float32))
-
-    f = job.factor
-    if job.method is Method.bicubic:
-        return [upsample(c, f, "bicubic") for c in coarse_wins]
-    if job.method is Method.sharpen:
-        return [np.stack([sharpen_tile(job.fits[b], c[b], a, f, conserve=False)
-                          for b in range(c.shape[0])])
-                for c, a in zip(coarse_wins, auxes, strict=True)]
-    predictor = res.predictor if res is not None and res.predictor is not None \
-        else _worker_predictor(job)
-    bands = coarse_wins[0].shape[0]
-    coarse = np.concatenate(coarse_wins).astype(np.float32)
-    aux = np.concatenate([np.repeat(a[None], bands, axis=0) for a in auxes]) if job.aux else None
-    margin = context_margin(job, tiles[0].read)  # tiles of one batch share their shape
-    outs = []
-    for k in range(0, coarse.shape[0], max(1, job.batch)):
-        outs.append(np.asarray(predictor.predict(
-            coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch],
-            margin=margin), dtype=np.float32))
-    pred = np.concatenate(outs)
-    return [pred[i * bands:(i + 1) * bands] for i in range(len(tiles))]
-
-
-# --------------------------------------------------------------------------- engines
-
-
-class _LocalEngine:
-    """Local threads; keeps readers open per thread."""
-
-    def __init__(self, workers: int):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.workers = workers
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geosr-tile")
-        self.readers = _Readers()
-        self.slots = 2 * workers
-
-    def submit(self, job: TileJob, tiles, coarse_wins, predictor):
-        return self.pool.submit(predict_tiles, job, tiles, coarse_wins,
-                                Resources(self.readers, predictor))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.readers.close()
-
-
-class _DaskEngine:
-    """A dask distributed cluster; each task opens its own readers."""
-
-    def __init__(self, address: str):
-        try:
-            from dask.distributed import Client
-        except ImportError as e:  # pragma: no cover - dask[distributed] is a dependency
-            raise InputError("--scheduler needs dask.distributed; "
-                             "pip install 'dask[distributed]'") from e
-        kw: dict[str, Any] = {"timeout": "20s", "set_as_default": False}
-        if "://" in address:
-            target = {"address": address}
-        elif Path(address).is_file():
-            target = {"scheduler_file": address}
-        else:
-            raise InputError(f"--scheduler {address!r}: neither an address (tcp://host:port) nor "
-                             "an existing scheduler file; expected e.g. tcp://10.0.0.5:8786 or "
-                             "~/scheduler.json")
-        try:
-            self.client = Client(**target, **kw)
-        except (OSError, TimeoutError) as e:
-            raise InputError(f"--scheduler {address}: cannot connect ({e}); is the scheduler "
-                             "running and reachable from here?") from e
-        threads = sum(self.client.nthreads().values()) or 1
-        self.workers = threads
-        self.slots = 2 * threads
-        log.info("dask: %d worker thread(s) at %s", threads, self.client.scheduler.address)
-
-    def submit(self, job: TileJob, tiles, coarse_wins, predictor):
-        return self.client.submit(predict_tiles, job, list(tiles), list(coarse_wins), None,
-                                  pure=False)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _ordered(engine, items: Iterator[tuple], job: TileJob, predictor) -> Iterator[tuple]:
-    """Submit ``(tiles, coarse_wins)`` items, at most ``engine.slots`` in flight; yield
-    ``(tiles, predictions)`` in submission order."""
-    pending: deque = deque()
-    try:
-        for tiles, wins in items:
-            pending.append((tiles, engine.submit(job, tiles, wins, predictor)))
-            while len(pending) >= engine.slots:
-                t, fut = pending.popleft()
-                yield t, fut.result()
-        while pending:
-            t, fut = pending.popleft()
-            yield t, fut.result()
-    finally:
-        for _, fut in pending:
-            fut.cancel()
-
-
-# --------------------------------------------------------------------------- planning
 
 
 def _default_output(path: str, res_m: float, out_dir: Path | None) -> Path:
@@ -529,24 +159,6 @@ def _band_groups(n_bands: int, per_band_bytes: int, budget_bytes: int) -> list[l
     band count."""
     size = max(1, min(n_bands, MAX_GROUP_BANDS, budget_bytes // max(per_band_bytes, 1)))
     return [list(range(b, min(b + size, n_bands))) for b in range(0, n_bands, size)]
-
-
-def _batches(plan: TilePlan, row: int, size: int,
-             key: Callable[[Tile], Any] | None = None) -> Iterator[list[Tile]]:
-    """Consecutive tiles of one tile row with the same read shape (and ``key``), ``size``
-    at most."""
-    batch: list[Tile] = []
-
-    def shape(t: Tile) -> tuple:
-        return (t.read.height, t.read.width, key(t) if key else None)
-
-    for tile in plan.row_tiles(row):
-        if batch and (len(batch) >= size or shape(batch[0]) != shape(tile)):
-            yield batch
-            batch = []
-        batch.append(tile)
-    if batch:
-        yield batch
 
 
 def _conserve_rows(fine: np.ndarray, coarse: np.ndarray, factor: int, *,
@@ -642,9 +254,6 @@ class _Plan:
         return [self.bands[b] for b in group] if self.bands else [b + 1 for b in group]
 
 
-# --------------------------------------------------------------------------- entry point
-
-
 def downscale(cfg: DownscaleConfig, *, progress: Progress | None = None) -> DownscaleResult:
     """Downscale each coarse input onto the fine grid and write one COG per input.
 
@@ -670,7 +279,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     bundle = model_path = None
     if method is Method.net:
-        from geosr.bundle import load_bundle, resolve_model
+        from geosr.model.bundle import load_bundle
+        from geosr.model.registry import resolve_model
 
         model_path = resolve_model(cfg.model)
         bundle = load_bundle(model_path)
@@ -722,7 +332,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         raise InputError(f"--workers {workers}: expected 1 or more")
     predictor = None
     if bundle is not None:
-        from geosr.bundle import Predictor
+        from geosr.model.predictor import Predictor
 
         predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
     tile_px = DEFAULT_TILE_PX[method] if cfg.tile_px is None else cfg.tile_px
@@ -1035,18 +645,6 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                    if p.units is not None and p.units.converts else None)
     writer.close()
     return done
-
-
-def _tile_items(plan: TilePlan, coarse: np.ndarray, tile_batch: int,
-                job: TileJob) -> Iterator[tuple]:
-    for i in range(plan.rows.count):
-        for tiles in _batches(plan, i, tile_batch, lambda t: context_margin(job, t.read)):
-            wins = []
-            for t in tiles:
-                c = plan.coarse(_expand(t.read, context_margin(job, t.read), plan.factor))
-                wins.append(np.ascontiguousarray(
-                    coarse[:, c.row_off:c.row_off + c.height, c.col_off:c.col_off + c.width]))
-            yield tiles, wins
 
 
 def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse: np.ndarray,

@@ -1,0 +1,46 @@
+"""The only code that opens paths: rasters read as the file means them, writers, and
+atomic outputs.
+
+- :mod:`geosr.io.read`: inspection (:func:`raster_info`) and windowed, aligned reads.
+- :mod:`geosr.io.write`: GeoTIFF writers, the stage file and its Cloud-Optimized copy.
+- :mod:`geosr.io.atomic`: outputs built under a temporary name, moved into place when
+  complete.
+"""
+
+from geosr.io.atomic import (
+    TMP_TAG,
+    atomic_dir,
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+)
+from geosr.io.read import (
+    AlignedReader,
+    OnGridReader,
+    RasterInfo,
+    band_dates,
+    class_raster_reason,
+    container_file,
+    gdal_env,
+    gdal_name,
+    open_raster,
+    raster_info,
+    read_full,
+    read_window,
+    source_crs,
+)
+from geosr.io.write import (
+    check_written,
+    gtiff_profile,
+    open_stream_writer,
+    open_writer,
+    translate_to_cog,
+)
+
+__all__ = [
+    "TMP_TAG", "AlignedReader", "OnGridReader", "RasterInfo", "atomic_dir", "atomic_path",
+    "band_dates", "check_output_dir", "check_output_file", "check_written",
+    "class_raster_reason", "container_file", "gdal_env", "gdal_name", "gtiff_profile",
+    "open_raster", "open_stream_writer", "open_writer", "raster_info", "read_full",
+    "read_window", "source_crs", "translate_to_cog",
+]

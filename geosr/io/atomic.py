@@ -1,0 +1,119 @@
+"""Atomic outputs: work under a temporary name beside the final one, move into place
+only when complete, so an interrupted run never leaves a half-written output under
+the final name."""
+
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from geosr.errors import (
+    GeosrError,
+    InputError,
+    OutputExistsError,
+    ProcessingError,
+)
+
+log = logging.getLogger(__name__)
+
+TMP_TAG = ".geosr-tmp"
+"""Marker in the names of temporary outputs; such files are never final results."""
+
+
+def _check_parent(final: Path) -> None:
+    parent = final.parent if str(final.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"{final}: output folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise InputError(f"{final}: {parent} is not a folder; expected an output folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{final}: output folder {parent} is not writable; choose another")
+
+
+def check_output_file(final: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Fail early (before any work) when ``final`` cannot or must not be written."""
+    final = Path(final)
+    _check_parent(final)
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{final}: already exists; pass --overwrite to replace it")
+    if final.is_dir():
+        raise InputError(f"{final}: is a folder; expected a file name for the output")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; move it into place only on success.
+
+    The temporary name starts with a dot and contains ``.geosr-tmp`` so that listings
+    and globs for ``*.tif`` do not pick it up; it is removed on any failure, including
+    KeyboardInterrupt.
+    """
+    final = check_output_file(final, overwrite=overwrite)
+    tmp = final.with_name(f".{final.stem}{TMP_TAG}-{uuid.uuid4().hex[:8]}{final.suffix}")
+    try:
+        yield tmp
+        if final.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{final}: appeared while working; pass --overwrite to replace it"
+            )
+        os.replace(tmp, final)
+    except ProcessingError as e:
+        # Name the user's file, not the temporary one (or its siblings) that is gone now.
+        names_tmp = re.compile(re.escape(str(tmp.with_suffix(""))) + r"[^\s:;,()]*")
+        if not names_tmp.search(str(e)):
+            raise
+        raise ProcessingError(f"{names_tmp.sub(str(final), str(e))}; nothing was left under "
+                              "that name") from e
+    except OSError as e:
+        if isinstance(e, GeosrError):
+            raise
+        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
+                              "under that name") from e
+    finally:
+        for p in (tmp, Path(str(tmp) + ".aux.xml")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def check_output_dir(final: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Fail early (before any work) when folder ``final`` cannot or must not be written."""
+    final = Path(final)
+    _check_parent(final)
+    if final.exists():
+        if not final.is_dir():
+            raise InputError(f"{final}: exists and is not a folder; expected a folder name")
+        if any(final.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{final}: folder exists and is not empty; pass --overwrite "
+                                    "to replace it")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; move it into place only on success.
+
+    An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
+    """
+    final = check_output_dir(final, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_TAG}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        if isinstance(e, GeosrError):
+            raise
+        raise ProcessingError(f"{final}: writing failed ({e.strerror or e}); nothing was left "
+                              "under that name") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
