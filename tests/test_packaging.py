@@ -42,7 +42,8 @@ def test_shipped_models_install_with_a_plain_pip_install(tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     name = shipped[0].split("/")[0]
-    code = ("import geosr, sys; from geosr.model.registry import resolve_model; from geosr.model.bundle import load_bundle; "
+    code = ("import geosr, sys; from geosr.model.registry import resolve_model; "
+            "from geosr.model.bundle import load_bundle; "
             f"p = resolve_model({name!r}); b = load_bundle(p); "
             "print(geosr.__file__); print(p); print(b.factor)")
     env = dict(os.environ, PYTHONPATH=str(target))
