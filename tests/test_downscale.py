@@ -581,7 +581,7 @@ def _boom_after(n, exc):
 @pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
 def test_failure_mid_run_leaves_nothing(scene, tmp_path, monkeypatch, exc):
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(ds, "predict_tiles", _boom_after(5, exc))
+    monkeypatch.setattr(engine, "predict_tiles", _boom_after(5, exc))
     with pytest.raises(type(exc)):
         _run(scene, tmp_path / "o.tif", tile_px=128)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -608,7 +608,7 @@ def test_failure_while_writing_the_cog_leaves_nothing(scene, tmp_path, monkeypat
 
 def test_cli_failure_exit_1_and_nothing_left(scene, tmp_path, monkeypatch):
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(ds, "predict_tiles", _boom_after(3, RuntimeError("tile failed")))
+    monkeypatch.setattr(engine, "predict_tiles", _boom_after(3, RuntimeError("tile failed")))
     r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
                             "--tile", "128"])
     assert r.exit_code == 1 and "tile failed" in r.stderr
@@ -618,7 +618,7 @@ def test_cli_failure_exit_1_and_nothing_left(scene, tmp_path, monkeypatch):
 def test_existing_output_is_exit_2_before_work(scene, tmp_path, monkeypatch):
     out = tmp_path / "o.tif"
     out.write_bytes(b"keep me")
-    monkeypatch.setattr(ds, "predict_tiles", _boom_after(0, AssertionError("work started")))
+    monkeypatch.setattr(engine, "predict_tiles", _boom_after(0, AssertionError("work started")))
     r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
                             "-o", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.stderr and str(out) in r.stderr
