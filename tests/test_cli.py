@@ -60,3 +60,29 @@ def test_python_m_geosr():
     out = subprocess.run([sys.executable, "-m", "geosr", "--version"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_prepare_parses_options_and_calls_the_api_once(monkeypatch, tmp_path):
+    """The CLI only parses: the API receives exactly the typed values."""
+    from types import SimpleNamespace
+
+    import geosr.api
+    from geosr.sources import LayerSpec
+    from geosr.timerange import TimeRange
+
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        return SimpleNamespace(to_dict=lambda: {"n_samples": 1})
+
+    monkeypatch.setattr(geosr.api, "prepare", fake)
+    r = CliRunner().invoke(app, ["prepare", "c.nc:t2m", "--aux", "dem=d.tif", "lc.tif:categorical",
+                                 "--res", "1000", "--time", "2018-05", "--bounds", "0", "0",
+                                 "10", "10", "-o", str(tmp_path / "ds"), "--json"])
+    assert r.exit_code == 0, r.stderr
+    seen.pop("progress")
+    assert seen == dict(out=tmp_path / "ds", coarse=("c.nc:t2m",), target=(),
+                        aux=(LayerSpec("dem", "d.tif"), LayerSpec("lc", "lc.tif", True)),
+                        res=1000.0, factor=None, crs=None, bounds=(0.0, 0.0, 10.0, 10.0),
+                        time=TimeRange("2018-05", "2018-05"), overwrite=False)

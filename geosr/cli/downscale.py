@@ -9,12 +9,12 @@ from pathlib import Path
 
 import typer
 
+from geosr import api
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, stdout
 from geosr.cli.options import parse_layers, parse_time_range
 from geosr.device import DeviceChoice
 from geosr.inference.config import METHOD_LABELS, DownscaleConfig, Method
-from geosr.inference.run import downscale
 
 EPILOG = """Examples:
 
@@ -106,7 +106,7 @@ def downscale_cmd(
         command=shlex.join(["geosr", *sys.argv[1:]]),
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
-        result = downscale(cfg, progress=progress)
+        result = api.run_downscale(cfg, progress=progress)
     summary = {**result.to_dict(), "peak_rss_mb": round(_peak_rss_mb(), 1)}
     if json_out:
         emit_json(summary)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
+from geosr import api
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, say
 from geosr.cli.options import parse_layers, parse_time_range
-from geosr.dataset.prepare import PrepareConfig, prepare
 
 EPILOG = """Examples:
 
@@ -50,14 +50,14 @@ def prepare_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Align coarse inputs, fine targets and aux rasters onto one fine grid and its coarse twin."""
-    cfg = PrepareConfig(
-        out_dir=out, coarse=tuple(coarse or ()), target=tuple(target or ()),
-        aux=parse_layers(aux or ()), res_m=res, factor=factor, crs=crs,
+    kwargs = dict(
+        out=out, coarse=tuple(coarse or ()), target=tuple(target or ()),
+        aux=parse_layers(aux or ()), res=res, factor=factor, crs=crs,
         bounds=tuple(bounds) if bounds else None,
         time=parse_time_range(time) if time is not None else None, overwrite=overwrite,
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
-        result = prepare(cfg, progress=progress)
+        result = api.prepare(**kwargs, progress=progress)
     if json_out:
         emit_json(result.to_dict())
         return
