@@ -854,10 +854,11 @@ def test_real_bundle_end_to_end(scene, tmp_path, tiny_bundle):
 def test_model_by_shipped_name(scene, tmp_path, tiny_bundle, monkeypatch):
     """``--model NAME`` finds NAME/NAME.geosr in the shipped-models folders."""
     import geosr.model.bundle as gb
+    import geosr.model.registry as registry
     shipped = tmp_path / "shipped"
     (shipped / "tiny-t2m").mkdir(parents=True)
     shutil.copy(tiny_bundle, shipped / "tiny-t2m" / "tiny-t2m.geosr")
-    monkeypatch.setattr(gb, "shipped_model_dirs", lambda: [shipped])
+    monkeypatch.setattr(registry, "shipped_model_dirs", lambda: [shipped])
     out = tmp_path / "o.tif"
     r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", f"dem={scene['aux']}",
                             "--model", "tiny-t2m", "-o", str(out)])
