@@ -227,7 +227,7 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
              categorical: Sequence[str] = (), baselines: Sequence[str] | None = None,
              blocks: int = 0, plots_dir: str | os.PathLike | None = None, plot_band: int = 1,
              json_path: str | os.PathLike | None = None,
-             csv_path: str | os.PathLike | None = None):
+             csv_path: str | os.PathLike | None = None, overwrite: bool = False):
     """Score a prediction against truth, beside baselines.
 
     Args:
@@ -242,6 +242,7 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
         plots_dir: write PNG figures there.
         plot_band: 1-based band shown in the figures.
         json_path, csv_path: write the report there.
+        overwrite: replace existing report files.
 
     Returns:
         :class:`geosr.evaluate.report.ValidationReport`.
@@ -258,5 +259,5 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
             baselines=tuple(Baseline(b) for b in baselines) if baselines is not None else None,
             blocks=blocks, plots_dir=Path(plots_dir) if plots_dir else None,
             plot_band=plot_band, json_path=Path(json_path) if json_path else None,
-            csv_path=Path(csv_path) if csv_path else None)
+            csv_path=Path(csv_path) if csv_path else None, overwrite=overwrite)
         return run(cfg)

@@ -150,6 +150,31 @@ def test_sigint_mid_write_removes_the_temporaries(scene, tmp_path):
     assert [p.name for p in out_dir.iterdir()] == [out.name]
 
 
+def test_sigterm_mid_write_removes_the_temporaries(scene, tmp_path):
+    """What SLURM, `timeout` and `docker stop` send: handled like Ctrl-C, exit 143."""
+    proc, err, out_dir, out = _interrupt_downscale(scene, tmp_path, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["geosr downscale: terminated (SIGTERM); no partial output was kept"], err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_sigterm_during_prepare_leaves_no_folder(scene, tmp_path):
+    out = tmp_path / "ds"
+    big = write_raster(tmp_path / "src" / "big.tif", terrain((1200, 1200), seed=4),
+                       res=100.0, origin=ORIGIN)
+    proc = _start(["prepare", "--target", str(big), "--aux", str(scene["dem"]), "--res",
+                   "100", "--factor", "8", "-o", str(out)], tmp_path, delay=0.0)
+    _wait_for(lambda: any(TMP_TAG in p.name for p in tmp_path.iterdir()), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("prepare finished before the signal")
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); no partial output was kept" in err
+    assert not out.exists() and not any(TMP_TAG in p.name for p in tmp_path.iterdir())
+
+
 def _limit_file_size(limit: int):
     def preexec() -> None:
         # A write past the limit then fails with EFBIG instead of killing the process.

@@ -1,14 +1,16 @@
 """The Typer application: global options, one-line errors, greedy multi-value options.
 
 Error policy (see geosr.errors): input/usage problems exit 2, run-time failures exit 1,
-Ctrl-C exits 130; each prints one line on stderr. ``--debug`` shows the traceback.
+Ctrl-C exits 130 and SIGTERM 143; each prints one line on stderr. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 
@@ -95,12 +97,34 @@ class _Interrupted(Exception):
     """Ctrl-C carried past typer, which would turn it into a silent exit 130."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM, ``timeout``, ``docker stop``) raised in the main thread, so that it
+    unwinds exactly like Ctrl-C: temporary outputs are removed on the way out."""
+
+
+class _TerminatedExit(Exception):
+    """SIGTERM carried past click, which turns any KeyboardInterrupt into Abort."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _stopped_line(where: str, cmd: str, how: str) -> str:
+    if cmd == "train":
+        return (f"{where}: {how}; no model was written; the checkpoint of the last complete "
+                "epoch, if any, is kept beside it for --resume")
+    return f"{where}: {how}; no partial output was kept"
+
+
 class GeosrGroup(TyperGroup):
     """Runs a command and turns every failure into one line and an exit code."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _Terminated as e:
+            raise _TerminatedExit() from e
         except KeyboardInterrupt as e:
             raise _Interrupted() from e
 
@@ -109,6 +133,9 @@ class GeosrGroup(TyperGroup):
         debug = "--debug" in args or bool(os.environ.get("GEOSR_DEBUG"))
         cmd = next((a for a in args if not a.startswith("-")), "")
         where = f"geosr {cmd}".strip() if cmd in self.commands else "geosr"
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             rv = super().main(args=args, prog_name=prog_name or "geosr", complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -124,8 +151,11 @@ class GeosrGroup(TyperGroup):
             print(f"{where}: error: {_one_line(e.format_message() + _found(e))}{hint}",
                   file=sys.stderr)
             code = e.exit_code
+        except (_Terminated, _TerminatedExit):
+            print(_stopped_line(where, cmd, "terminated (SIGTERM)"), file=sys.stderr)
+            code = 143
         except (KeyboardInterrupt, _Interrupted, typer.Abort):
-            print(f"{where}: interrupted; no partial output was kept", file=sys.stderr)
+            print(_stopped_line(where, cmd, "interrupted"), file=sys.stderr)
             code = 130
         except GeosrError as e:
             if debug:
@@ -140,6 +170,9 @@ class GeosrGroup(TyperGroup):
             code = 1
         else:
             code = rv if isinstance(rv, int) else 0
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -71,6 +71,8 @@ def validate_cmd(
     fail_above: list[str] = typer.Option(None, "--fail-above", metavar="METRIC=VALUE...",
                                          help="Exit 1 when PRED's METRIC is above VALUE, "
                                               "e.g. rmse=1.2."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --json/--csv "
+                                   "reports."),
     fail_below: list[str] = typer.Option(None, "--fail-below", metavar="METRIC=VALUE...",
                                          help="Exit 1 when PRED's METRIC is below VALUE, "
                                               "e.g. pearson_r=0.9 ssim=0.8."),
@@ -90,7 +92,7 @@ def validate_cmd(
         baselines=parse_baselines(baselines) if baselines is not None else None,
         blocks=blocks, thresholds=thresholds, plots_dir=plots, plot_band=plot_band,
         json_path=None if (json_out is None or to_stdout) else Path(json_out),
-        csv_path=csv_out,
+        csv_path=csv_out, overwrite=overwrite,
     )
     report = validate(cfg)
     if to_stdout:

@@ -29,7 +29,7 @@ from geosr.align import (
 from geosr.dataset.manifest import Layer, Manifest, Sample
 from geosr.errors import GridError, InputError
 from geosr.grid import Bounds, Grid, footprint
-from geosr.io.atomic import atomic_dir, check_output_dir
+from geosr.io.atomic import atomic_dir, check_not_input, check_output_dir
 from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
 from geosr.io.write import open_writer
 from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
@@ -111,6 +111,10 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     if not cfg.coarse and not cfg.target:
         raise InputError("no input: give COARSE rasters, --target rasters, or both")
     check_output_dir(cfg.out_dir, overwrite=cfg.overwrite)
+    check_not_input(cfg.out_dir, [*(("COARSE", c) for c in cfg.coarse),
+                                  *(("--target", t) for t in cfg.target),
+                                  *((f"--aux {s.name}", s.path) for s in cfg.aux)],
+                    option="-o", inside=True)
     coarse_infos = [raster_info(p) for p in cfg.coarse]
     target_infos = [raster_info(p) for p in cfg.target]
     aux_infos = [raster_info(s.path) for s in cfg.aux]

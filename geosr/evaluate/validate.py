@@ -37,7 +37,7 @@ from geosr.errors import InputError
 from geosr.evaluate import metrics as M
 from geosr.evaluate.report import SubsetResult, ValidationReport, write_csv, write_json
 from geosr.grid import Grid, native_cell_m
-from geosr.io.atomic import check_output_file
+from geosr.io.atomic import check_not_input, check_output_file
 from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
 from geosr.sources import LayerSpec, resolve_categorical
 
@@ -139,7 +139,8 @@ class ValidateConfig:
         thresholds: gates checked on PRED's overall metrics.
         plots_dir: folder for PNG figures (created when its parent exists).
         plot_band: 1-based band shown in the maps and spectra.
-        json_path, csv_path: report files to write (replaced if present).
+        json_path, csv_path: report files to write (never one of the inputs).
+        overwrite: replace existing report files.
         js_bins: histogram bins for the Jensen-Shannon divergence.
     """
 
@@ -154,6 +155,7 @@ class ValidateConfig:
     plot_band: int = 1
     json_path: Path | None = None
     csv_path: Path | None = None
+    overwrite: bool = False
     js_bins: int = M.JS_BINS
 
 
@@ -225,9 +227,16 @@ def _skill(rmse_pred: float, rmse_base: float) -> float:
 
 def _check_outputs(cfg: ValidateConfig) -> None:
     """Report and figure destinations must be writable; checked before any work."""
-    for p in (cfg.json_path, cfg.csv_path):
+    inputs = [("PRED", cfg.pred), ("TRUTH", cfg.truth),
+              *((("--coarse", cfg.coarse),) if cfg.coarse else ()),
+              *((f"--aux {s.name}", s.path) for s in cfg.aux)]
+    for p, option in ((cfg.json_path, "--json"), (cfg.csv_path, "--csv")):
         if p is not None:
-            check_output_file(p, overwrite=True)
+            check_not_input(p, inputs, option=option)
+            check_output_file(p, overwrite=cfg.overwrite)
+    if cfg.json_path is not None and cfg.csv_path is not None and \
+            Path(cfg.json_path).resolve() == Path(cfg.csv_path).resolve():
+        raise InputError(f"--json and --csv are both {cfg.json_path}; expected two files")
     if cfg.plots_dir is not None:
         d = Path(cfg.plots_dir)
         if d.exists() and not d.is_dir():

@@ -64,7 +64,7 @@ from geosr.inference.config import (
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
-from geosr.io.atomic import TMP_TAG, atomic_path, check_output_file
+from geosr.io.atomic import TMP_TAG, atomic_path, check_not_input, check_output_file
 from geosr.io.read import (
     AlignedReader,
     OnGridReader,
@@ -298,8 +298,13 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
 
     outs = [Path(cfg.out) if cfg.out is not None else _default_output(i.path, res_m, cfg.out_dir)
             for i in infos]
+    inputs = [*(("COARSE", info.path) for info in infos),
+              *((f"--aux {s.name}", s.path) for s in aux)]
+    if bundle is not None:
+        inputs.append(("--model", str(model_path)))
     seen: dict[Path, str] = {}
     for info, out in zip(infos, outs, strict=True):
+        check_not_input(out, inputs, option="-o" if cfg.out is not None else "output")
         key = out.resolve()
         if key in seen:
             raise InputError(f"{seen[key]} and {info.path} would both be written to {out}; "

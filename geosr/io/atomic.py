@@ -49,6 +49,42 @@ def check_output_file(final: str | os.PathLike, *, overwrite: bool) -> Path:
     return final
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Same file, through any path or link (by inode when both exist)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_input(final: str | os.PathLike, inputs: list[tuple[str, str]], *, option: str,
+                    inside: bool = False) -> None:
+    """Refuse an output that is one of the run's inputs (exit 2, whatever ``--overwrite``).
+
+    Args:
+        final: the output file or folder.
+        inputs: ``(what, path)`` of each of the run's inputs (GDAL names such as
+            ``NETCDF:"f.nc":v`` count as their file).
+        option: how messages name the output (``-o``, ``--json``...).
+        inside: ``final`` is a folder that replaces what it holds: an input inside it
+            counts too.
+    """
+    from geosr.io.read import container_file
+
+    out = Path(final)
+    for what, path in inputs:
+        src = Path(container_file(path))
+        hit = _same(out, src) or (inside and out.exists() and out.is_dir()
+                                  and os.path.realpath(src).startswith(
+                                      os.path.realpath(out) + os.sep))
+        if hit:
+            raise InputError(f"{option} {final}: is {'or holds ' if inside else ''}the input "
+                             f"{what} {path}; expected an output that is none of the run's "
+                             "inputs (writing it would destroy the input)")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it into place only on success.

@@ -41,7 +41,7 @@ from rasterio.windows import Window
 from geosr import __version__
 from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
-from geosr.io.atomic import check_output_file
+from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
 from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
@@ -369,6 +369,13 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
     net_cfg = _net_config(cfg, manifest, specs)
     out = Path(cfg.out)
     ckpt_path, csv_path, json_path = side_paths(out)
+    dataset_files = [("dataset manifest", str(Path(cfg.dataset) / "manifest.json")),
+                     *((f"dataset layer {la.name}", str(manifest.path_of(la)))
+                       for la in (manifest.coarse, manifest.target, *manifest.aux)
+                       if la is not None)]
+    for path, option in ((out, "-o"), (ckpt_path, "-o (its checkpoint)"),
+                         (csv_path, "-o (its log)"), (json_path, "-o (its log)")):
+        check_not_input(path, dataset_files, option=option)
     check_output_file(out, overwrite=cfg.overwrite)
     if dist.is_main and cfg.resume is None and not cfg.overwrite:
         for p in (ckpt_path, csv_path, json_path):
