@@ -15,6 +15,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from geosr.dataset.manifest import LayerStats
@@ -78,6 +79,11 @@ def plan_grids(ref: RasterInfo, *, res_m: float = 500.0, factor: int | None = No
     dst_crs = grid_crs(ref, aux, crs)
     area = footprint(ref.crs, ref.bounds, dst_crs)
     if bounds is not None:
+        left, bottom, right, top = bounds
+        if not all(math.isfinite(v) for v in bounds) or left >= right or bottom >= top:
+            raise GridError(f"--bounds {tuple(bounds)}: expected four finite numbers LEFT "
+                            "BOTTOM RIGHT TOP with left < right and bottom < top, in the grid "
+                            "CRS")
         clipped = intersect(area, tuple(bounds))
         if clipped is None:
             raise GridError(f"--bounds {tuple(bounds)} do not overlap {ref.path} (its footprint "
@@ -111,6 +117,10 @@ def plan_grids(ref: RasterInfo, *, res_m: float = 500.0, factor: int | None = No
 
 def grid_crs(ref: RasterInfo, aux: Sequence[RasterInfo], user_crs: str | None) -> str:
     """``--crs``; else ``ref``'s if projected; else a projected aux's; else a local UTM."""
+    if user_crs is not None:
+        crs = choose_crs(ref.crs, ref.bounds, user_crs)
+        _warn_if_far(ref, crs, user_crs)
+        return crs
     if user_crs is None and not CRS.from_user_input(ref.crs).is_projected:
         for a in aux:
             acrs = CRS.from_user_input(a.crs)
@@ -119,6 +129,33 @@ def grid_crs(ref: RasterInfo, aux: Sequence[RasterInfo], user_crs: str | None) -
                          a.path, _crs_label(a.crs))
                 return choose_crs(a.crs, a.bounds)
     return choose_crs(ref.crs, ref.bounds, user_crs)
+
+
+_WARNED_FAR: set[tuple[str, str]] = set()
+
+
+def _warn_if_far(ref: RasterInfo, crs: str, option: str) -> None:
+    """One warning when the data lie outside ``--crs``'s area of use (e.g. UTM zone 1 for
+    data at 9 deg E): such a grid distorts distances and areas badly."""
+    from pyproj import CRS as ProjCRS
+
+    area = ProjCRS.from_user_input(crs).area_of_use
+    if area is None:
+        return
+    lon0, lat0, lon1, lat1 = transform_bounds(CRS.from_user_input(ref.crs), "EPSG:4326",
+                                              *ref.bounds, densify_pts=21)
+    lon, lat = (lon0 + lon1) / 2, (lat0 + lat1) / 2
+    w, s, e, n = area.west, area.south, area.east, area.north
+    inside_lon = (w <= lon <= e) if w <= e else (lon >= w or lon <= e)
+    margin = 2.0  # degrees: a little outside a zone is ordinary practice
+    near_lon = inside_lon or min(abs(lon - w), abs(lon - e), 360 - abs(lon - w),
+                                 360 - abs(lon - e)) <= margin
+    key = (ref.path, option)
+    if (not near_lon or not (s - margin <= lat <= n + margin)) and key not in _WARNED_FAR:
+        _WARNED_FAR.add(key)
+        log.warning("--crs %s is meant for %.0f..%.0f E, %.0f..%.0f N, but %s lies at %.1f E, "
+                    "%.1f N: distances and areas will be distorted; expected a CRS for the "
+                    "data's area (or omit --crs)", option, w, e, s, n, ref.path, lon, lat)
 
 
 def _crs_label(crs: str) -> str:

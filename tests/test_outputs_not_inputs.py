@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from conftest import terrain, write_raster
 from typer.testing import CliRunner
@@ -88,3 +89,53 @@ def test_validate_reports_never_replace_inputs_and_need_overwrite(files, tmp_pat
     r = runner.invoke(app, ["validate", str(files["truth"]), str(files["truth"]), "--json",
                             str(report), "--overwrite"])
     assert r.exit_code == 0, r.stderr and report.read_text() != "{}"
+
+
+# --------------------------------------------------------------------------- rough edges
+
+
+def _lines(r):
+    return [ln for ln in r.stderr.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("bounds", [["nan", "0", "1", "1"], ["10", "0", "0", "10"]])
+def test_bad_bounds_are_named(files, tmp_path, bounds):
+    for verb in (["downscale", str(files["coarse"]), "--aux", str(files["dem"]), "-o",
+                  str(tmp_path / "o.tif")],
+                 ["prepare", "--target", str(files["truth"]), "--factor", "8", "-o",
+                  str(tmp_path / "ds")]):
+        r = runner.invoke(app, [*verb, "--res", "1000", "--bounds", *bounds])
+        _refused(r, "--bounds", "left < right")
+
+
+def test_crs_far_from_the_data_warns_once(files, tmp_path):
+    r = runner.invoke(app, ["downscale", str(files["coarse"]), "--method", "bicubic", "--res",
+                            "1000", "--crs", "EPSG:32601", "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 0, r.stderr
+    far = [ln for ln in _lines(r) if "meant for" in ln]
+    assert len(far) == 1 and "distorted" in far[0], r.stderr
+
+
+def test_overlap_below_the_method_support_warns(files, tmp_path):
+    r = runner.invoke(app, ["downscale", str(files["coarse"]), "--aux", str(files["dem"]),
+                            "--res", "1000", "--overlap", "0", "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 0, r.stderr
+    assert any("--overlap 0 px" in ln and "depends on --tile" in ln for ln in _lines(r))
+
+
+def test_aux_without_information(files, tmp_path):
+    dem = files["dem"]
+    import rasterio
+
+    with rasterio.open(dem) as src:
+        shape, t = (src.height, src.width), src.transform
+    empty = write_raster(tmp_path / "empty.tif", np.full(shape, np.nan), transform=t)
+    flat = write_raster(tmp_path / "flat.tif", np.full(shape, 300.0), transform=t)
+    three = write_raster(tmp_path / "three.tif", np.stack([terrain(shape)] * 3), transform=t)
+    base = ["downscale", str(files["coarse"]), "--res", "1000", "-o", str(tmp_path / "o.tif"),
+            "--overwrite", "--aux"]
+    _refused(runner.invoke(app, [*base, str(empty)]), "empty.tif", "all nodata")
+    r = runner.invoke(app, [*base, str(flat)])
+    assert r.exit_code == 0 and any("constant" in ln for ln in _lines(r)), r.stderr
+    r = runner.invoke(app, [*base, str(three)])
+    assert r.exit_code == 0 and any("3 bands" in ln and "band 1" in ln for ln in _lines(r))

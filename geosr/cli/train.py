@@ -124,8 +124,9 @@ def train_cmd(
                                       help="Stop cleanly after this many minutes, keeping the "
                                            "best model so far."),
     batch_size: int = typer.Option(16, "--batch-size", help="Patches per step (per process)."),
-    patch: int = typer.Option(6, "--patch", metavar="COARSE_CELLS",
-                              help="Patch size in coarse cells."),
+    patch: int = typer.Option(None, "--patch", metavar="COARSE_CELLS",
+                              help="Patch size in coarse cells (default 6, or less when the "
+                                   "training area is smaller)."),
     val_samples: list[str] = typer.Option(None, "--val-samples", metavar="ID...",
                                           help="Sample ids held out for validation."),
     val_fraction: float = typer.Option(None, "--val-fraction", metavar="F",

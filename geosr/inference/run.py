@@ -56,6 +56,7 @@ from geosr.inference.config import (
     DEFAULT_RES_M,
     DEFAULT_TILE_PX,
     MAX_DEFAULT_WORKERS,
+    METHOD_LABELS,
     DownscaleConfig,
     DownscaleResult,
     Method,
@@ -69,6 +70,7 @@ from geosr.io.read import (
     AlignedReader,
     OnGridReader,
     RasterInfo,
+    band1_overview,
     container_file,
     gdal_env,
     raster_info,
@@ -295,6 +297,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     unit_plans = [_unit_plan(info, bundle, cfg.model) for info in infos]
     aux = _resolve_aux(cfg, method, bundle)
     aux_infos = [raster_info(s.path) for s in aux]
+    for spec, ainfo in zip(aux, aux_infos, strict=True):
+        _check_aux_content(spec, ainfo)
 
     outs = [Path(cfg.out) if cfg.out is not None else _default_output(i.path, res_m, cfg.out_dir)
             for i in infos]
@@ -345,16 +349,19 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     for info, out, (fine, coarse), up, bands in zip(infos, outs, grids, unit_plans, band_lists,
                                                     strict=True):
         f = fine.width // coarse.width
-        if cfg.overlap_px is not None:
-            overlap_px = cfg.overlap_px
-        elif predictor is not None:
+        if predictor is not None:
             # The coarse encoder gets the network's whole measured halo as extra context
             # (TileJob.context, cheap at coarse resolution); the blended overlap only
             # covers the fine decoder's halo, which is most of the cost per pixel
             # (tests/test_downscale.py checks tile-size invariance).
-            overlap_px = max(1, predictor.decode_halo) * f
+            needed_px = max(1, predictor.decode_halo) * f
         else:
-            overlap_px = DEFAULT_OVERLAP_CELLS[method] * f
+            needed_px = DEFAULT_OVERLAP_CELLS[method] * f
+        overlap_px = needed_px if cfg.overlap_px is None else cfg.overlap_px
+        if 0 <= overlap_px < needed_px and not plans:
+            log.warning("--overlap %d px is less than the %d px that %s needs: the result "
+                        "then depends on --tile and seams may show", overlap_px, needed_px,
+                        METHOD_LABELS[method])
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
                            overlap_px=overlap_px)
         plans.append(_Plan(info, out, fine, coarse, tiles, units=up, bands=bands))
@@ -499,6 +506,22 @@ def _unit_plan(info: RasterInfo, bundle, model: str | None) -> UnitPlan | None:
     if note:
         log.info("%s", note)
     return up
+
+
+def _check_aux_content(spec: LayerSpec, info: RasterInfo) -> None:
+    """Refuse an aux that holds no data; warn about one that carries no information
+    (constant) or whose extra bands are ignored."""
+    if info.count > 1:
+        log.warning("--aux %s %s has %d bands; only band 1 is used", spec.name, info.path,
+                    info.count)
+    sample = band1_overview(info.path)
+    valid = sample[np.isfinite(sample)]
+    if valid.size == 0:
+        raise InputError(f"--aux {spec.name} {info.path}: band 1 is all nodata; expected a "
+                         "layer with values over the area")
+    if not spec.categorical and float(valid.max() - valid.min()) == 0.0:
+        log.warning("--aux %s %s is constant (%g everywhere): it carries no detail", spec.name,
+                    info.path, float(valid[0]))
 
 
 def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpec, ...]:

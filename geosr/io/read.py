@@ -573,6 +573,27 @@ def _pam_band1(path: str) -> str:
     return m.group(1) if m else ""
 
 
+def _decimated_band1(src: rasterio.DatasetReader, path: str) -> np.ma.MaskedArray:
+    """Band 1 read at about :data:`DETECT_MAX_PX` pixels (nearest), masked where nodata."""
+    scale = max(1.0, (src.width * src.height / DETECT_MAX_PX) ** 0.5)
+    shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+    try:
+        return src.read(1, out_shape=shape, masked=True, resampling=Resampling.nearest)
+    except RasterioError as e:
+        raise RasterReadError(f"{path}: read failed ({_reason(e)}); the file may be "
+                              "truncated or corrupt") from e
+
+
+def band1_overview(path: str | os.PathLike) -> np.ndarray:
+    """Band 1 of a raster at about a million pixels, float, NaN where nodata, values as the
+    file means them (scale/offset applied): enough to tell an empty or constant layer."""
+    with open_raster(path) as src:
+        arr = _decimated_band1(src, str(path)).astype(np.float64).filled(np.nan)
+        arr = _unpacker(src)(arr[None], [1])[0]
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
+
+
 def class_raster_reason(path: str | os.PathLike) -> str | None:
     """Why band 1 of ``path`` looks like a class raster (land cover...), or None.
 
@@ -612,13 +633,7 @@ def class_raster_reason(path: str | os.PathLike) -> str | None:
                 return f"{dtype}, {what} {str(text)[:40]!r}"
         if src.units and src.units[0]:
             return None  # a quantity with units (m, K...), however few its values
-        scale = max(1.0, (src.width * src.height / DETECT_MAX_PX) ** 0.5)
-        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-        try:
-            arr = src.read(1, out_shape=shape, masked=True, resampling=Resampling.nearest)
-        except RasterioError as e:
-            raise RasterReadError(f"{path}: read failed ({_reason(e)}); the file may be "
-                                  "truncated or corrupt") from e
+        arr = _decimated_band1(src, path)
         values = np.unique(arr.compressed())
         if 1 < values.size <= MAX_DETECTED_CLASSES:
             return f"{dtype} with {values.size} distinct values"

@@ -14,6 +14,7 @@ from geosr.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PATCH = 6
 MIN_STEPS_PER_EPOCH = 8
 """Tiny datasets still get this many steps per epoch, so a default run makes ~240 updates."""
 
@@ -65,7 +66,8 @@ class TrainConfig:
         epochs: number of epochs.
         max_minutes: stop cleanly after this many minutes of training (this process).
         batch_size: patches per step (per process).
-        patch: patch size in coarse cells.
+        patch: patch size in coarse cells; None: :data:`DEFAULT_PATCH`, or less when the
+            training area is smaller.
         val_samples: sample ids held out for validation.
         val_fraction: hold out this fraction of samples (latest dates).
         val_block: hold out this fraction of the valid area as an eastern block.
@@ -98,7 +100,7 @@ class TrainConfig:
     epochs: int = 30
     max_minutes: float | None = None
     batch_size: int = 16
-    patch: int = 6
+    patch: int | None = None
     val_samples: tuple[str, ...] = ()
     val_fraction: float | None = None
     val_block: float | None = None

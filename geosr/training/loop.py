@@ -46,6 +46,7 @@ from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
 from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
 from geosr.training.config import (
+    DEFAULT_PATCH,
     MAX_STEPS_PER_EPOCH,
     MIN_STEPS_PER_EPOCH,
     DistConfig,
@@ -86,7 +87,7 @@ def _check_options(cfg: TrainConfig) -> None:
         raise bad("--epochs", cfg.epochs, "a whole number of epochs from 1 to 100000")
     if not is_int(cfg.batch_size) or not 1 <= cfg.batch_size <= 4096:
         raise bad("--batch-size", cfg.batch_size, "a whole number of patches from 1 to 4096")
-    if not is_int(cfg.patch) or not 2 <= cfg.patch <= 256:
+    if cfg.patch is not None and (not is_int(cfg.patch) or not 2 <= cfg.patch <= 256):
         raise bad("--patch", cfg.patch, "a patch size of 2 to 256 coarse cells (e.g. 6)")
     if cfg.max_minutes is not None and not (math.isfinite(cfg.max_minutes)
                                             and cfg.max_minutes > 0):
@@ -386,15 +387,6 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
     if cfg.resume is not None and not Path(cfg.resume).exists():
         raise BundleError(f"--resume {cfg.resume}: file not found; expected a MODEL.ckpt "
                           "written by `geosr train`")
-    if cfg.gan:
-        from geosr.nn import Discriminator
-
-        min_px = Discriminator().min_size
-        if cfg.patch * manifest.factor < min_px:
-            raise InputError(f"--patch {cfg.patch}: {cfg.patch * manifest.factor} fine pixels are "
-                             f"too small for the discriminator with --gan; expected at least "
-                             f"{math.ceil(min_px / manifest.factor)} coarse cells")
-
     all_bands = tuple(s.band for s in manifest.samples)
     group = None
     try:
@@ -421,6 +413,25 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
                 tdist.destroy_process_group()
 
 
+def _patch_size(cfg: TrainConfig, split, rows: int, factor: int) -> int:
+    """``--patch``, or by default :data:`DEFAULT_PATCH` cells cut to the training area (a
+    small area still trains); with ``--gan``, large enough for the discriminator."""
+    c0, c1 = split.train_cols
+    patch = cfg.patch if cfg.patch is not None else max(2, min(DEFAULT_PATCH, rows, c1 - c0))
+    if cfg.patch is None and patch < DEFAULT_PATCH:
+        log.info("patches of %d x %d coarse cells (the training area is %d x %d cells)", patch,
+                 patch, c1 - c0, rows)
+    if cfg.gan:
+        from geosr.nn import Discriminator
+
+        min_px = Discriminator().min_size
+        if patch * factor < min_px:
+            raise InputError(f"--patch {patch}: {patch * factor} fine pixels are too small for "
+                             f"the discriminator with --gan; expected at least "
+                             f"{math.ceil(min_px / factor)} coarse cells")
+    return patch
+
+
 def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, norm, net_cfg,
            device, group: _Group, paths, t_start: float, progress: Progress | None
            ) -> TrainResult:
@@ -438,7 +449,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                        coarse_valid=count > 0)
     train_count = reader.coarse_valid_count(split.train_bands)
     valid = train_count * 2 >= max(1, len(split.train_bands))
-    plan: PatchPlan = plan_patches(valid if valid.any() else train_count > 0, split, cfg.patch)
+    patch = _patch_size(cfg, split, valid.shape[0], manifest.factor)
+    plan: PatchPlan = plan_patches(valid if valid.any() else train_count > 0, split, patch)
     if _count_val_targets(reader, manifest, split) == 0:
         raise InputError(f"{cfg.dataset}: the validation data ({split.describe(manifest)}) "
                          "hold no valid target cells; expected another --val-samples, "
@@ -507,7 +519,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
 
     notify(TrainEvent("start", start_epoch, cfg.epochs, 0, steps, message=(
         f"training on {device} | {split.describe(manifest)} | {len(plan.starts)} patch "
-        f"positions of {cfg.patch}x{cfg.patch} coarse cells, {steps} steps/epoch of "
+        f"positions of {patch}x{patch} coarse cells, {steps} steps/epoch of "
         f"{cfg.batch_size} | aux: {', '.join(channel_layout(specs)) or 'none'}"),
         units=manifest.units))
 
@@ -527,7 +539,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "val_rmse_bilinear": baseline.get("rmse") if baseline else None,
             "seconds": round(elapsed_before + time.perf_counter() - t_loop, 2),
             "seed": cfg.seed, "loss": Loss(cfg.loss).value, "gan": cfg.gan,
-            "conserve": cfg.conserve, "device": str(device), "patch": cfg.patch,
+            "conserve": cfg.conserve, "device": str(device), "patch": patch,
             "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
             "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
