@@ -155,8 +155,9 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
               method: str | None = None, out: str | os.PathLike | None = None,
               res: float | None = None, factor: int | None = None, crs: str | None = None,
               bounds: Bounds | None = None, time: TimeInput = None,
-              conserve: bool | None = None, tile: int | None = None, overlap: int | None = None,
-              device: str = "auto", workers: int | None = None, scheduler: str | None = None,
+              conserve: bool | None = None, valid_range: Any = None, tile: int | None = None,
+              overlap: int | None = None, device: str = "auto", workers: int | None = None,
+              scheduler: str | None = None,
               overwrite: bool = False, categorical: Sequence[str] = (),
               progress: Progress | None = None, chunks: Any = True):
     """Downscale one coarse raster onto the fine grid; return it as a DataArray.
@@ -177,6 +178,10 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
         time: keep the time steps dated in this range, ``(start, end)`` ISO dates.
         conserve: each coarse cell's mean of the output equals the input (default on,
             except for bicubic).
+        valid_range: ``(lo, hi)`` every output pixel is kept in, conserving (None for an
+            open side, e.g. ``(0, None)`` for precipitation), or ``"MIN:MAX"`` text;
+            default: the model's, else the input's CF ``valid_range``, else ``(0, None)``
+            for precipitation units.
         tile, overlap: tile core and blended overlap in fine pixels.
         device, workers, scheduler: where the work runs (see ``geosr downscale --help``).
         overwrite: replace an existing ``out``.
@@ -207,11 +212,21 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
             method=Method(method) if method is not None else None, res_m=res, factor=factor,
             crs=crs, bounds=bounds, time=_time(time), tile_px=tile, overlap_px=overlap,
             device=device, workers=workers, scheduler=scheduler, conserve=conserve,
-            overwrite=overwrite)
+            valid_range=_valid_range(valid_range), overwrite=overwrite)
         run(cfg, progress=progress)
         if out is None:
             return open_output(dst, chunks=None, load=True)
     return open_output(dst, chunks=chunks)
+
+
+def _valid_range(value: Any):
+    from geosr.constraints import ValidRange
+
+    try:
+        return ValidRange.of(value)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"valid_range {value!r}: {e}; expected (lo, hi) with None for an "
+                         "open side, or 'MIN:MAX'") from None
 
 
 def run_downscale(config, *, progress: Progress | None = None):

@@ -31,6 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geosr.constraints import ValidRange, from_cf
 from geosr.errors import (
     GridError,
     RasterReadError,
@@ -117,6 +118,8 @@ class RasterInfo:
         variable: the NetCDF variable's name ('' for other formats).
         transform: the source's own pixel-to-CRS transform.
         packed: whether bands carry a scale/offset (values are ``raw * scale + offset``).
+        valid_range: band 1's CF ``valid_range`` (or ``valid_min``/``valid_max``) in
+            unpacked values; None when not declared.
     """
 
     path: str
@@ -135,6 +138,7 @@ class RasterInfo:
     variable: str = ""
     transform: rasterio.Affine | None = None
     packed: bool = False
+    valid_range: ValidRange | None = None
 
     @property
     def north_up(self) -> bool:
@@ -284,6 +288,7 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
             nodata=src.nodata, units=units, dates=dates, descriptions=desc,
             long_names=long_names, variable=band_tags[0].get("NETCDF_VARNAME", ""),
             transform=t, packed=_is_packed(src),
+            valid_range=from_cf(band_tags[0], scale=src.scales[0], offset=src.offsets[0]),
         )
 
 

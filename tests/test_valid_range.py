@@ -1,0 +1,208 @@
+"""Valid ranges in `geosr downscale`: every method stays inside the range and conserves,
+across tiles and next to nodata; where the range comes from; bad values."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import terrain, write_raster
+from typer.testing import CliRunner
+
+from geosr import api
+from geosr.align import block_mean
+from geosr.cli import app
+from geosr.cli.options import parse_layers, parse_valid_range
+from geosr.constraints import ValidRange
+from geosr.errors import InputError
+from geosr.inference.config import DownscaleConfig, Method
+from geosr.inference.run import downscale
+
+runner = CliRunner()
+F = 8
+ORIGIN = (600_000.0, 5_100_000.0)
+REL = 1e-5
+
+
+def _rain_scene(root: Path, *, hc: int = 20, wc: int = 24, bands: int = 2,
+                units: str = "mm/day", coarse_nan: bool = True, band_tags=None) -> dict:
+    """Daily rain driven by elevation: dry valleys, wet hills, dry coarse cells.
+
+    Sharpening on the DEM then puts the valleys of cells with little rain below zero.
+    """
+    dem = terrain((hc * F, wc * F), seed=3)
+    rng = np.random.default_rng(11)
+    days = []
+    for b in range(bands):
+        wet = np.maximum(0.0, 0.02 * (dem - 900 + 150 * b) + rng.gamma(0.6, 2.0, dem.shape))
+        days.append(block_mean(wet.astype(np.float32), F))
+    coarse = np.stack(days)
+    coarse[:, 2:5, 3:6] = 0.0  # dry cells: the output must stay 0 there
+    if coarse_nan:
+        coarse[:, 8:11, 9:13] = np.nan  # a nodata lake across tile borders
+    aux = write_raster(root / "dem.tif", dem, res=500.0, origin=ORIGIN)
+    src = write_raster(root / "pr.tif", coarse, res=500.0 * F, origin=ORIGIN,
+                       band_tags=band_tags or [{"DATE_TIME": f"2020-07-0{b + 1}"}
+                                               for b in range(bands)])
+    if units:
+        with rasterio.open(src, "r+") as dst:
+            for b in range(1, bands + 1):
+                dst.set_band_unit(b, units)
+    return {"coarse": src, "aux": aux, "coarse_arr": coarse, "dem": dem}
+
+
+@pytest.fixture
+def rain(tmp_path):
+    return _rain_scene(tmp_path)
+
+
+def _run(sc, out, **kw):
+    kw.setdefault("aux", parse_layers([str(sc["aux"])]))
+    res = downscale(DownscaleConfig(coarse=(str(sc["coarse"]),), out=out, **kw))
+    with rasterio.open(res.outputs[0].path) as src:
+        return src.read(), src.tags(), src.tags(1)
+
+
+def _assert_conserved(out: np.ndarray, coarse: np.ndarray, rel: float = REL) -> None:
+    means = block_mean(out, F)
+    valid = np.isfinite(coarse)
+    assert np.array_equal(np.isfinite(means), valid)
+    scale = max(float(np.nanmax(np.abs(coarse))), 1e-12)
+    assert np.nanmax(np.abs(means - coarse)) <= rel * scale
+    up = np.repeat(np.repeat(valid, F, -2), F, -1)
+    assert np.array_equal(np.isfinite(out), up)  # nodata stays nodata, nothing else
+
+
+def _tiny_rain_bundle(path: Path) -> Path:
+    """An untrained tiny Generator for mm/day rain, its aux gain set so that it puts
+    a DEM-driven pattern of a few mm/day on every cell (negative in dry valleys)."""
+    nn = pytest.importorskip("geosr.nn")
+    gb = pytest.importorskip("geosr.model.bundle")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = nn.NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
+                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True)
+    gen = nn.Generator(cfg).eval()
+    with torch.no_grad():
+        gen.gain.weight.normal_(0.0, 0.5)
+        gen.gain.bias.fill_(1.0)
+    gb.save_bundle(path, config=cfg, aux=(gb.AuxChannelSpec("dem", mean=800.0, std=400.0),),
+                   factor=F, res_m=500.0, variable="pr", units="mm day-1",
+                   norm={"coarse": {"mean": 3.0, "std": 3.0},
+                         "target": {"mean": 3.0, "std": 3.0}},
+                   state_dict=gen.state_dict())
+    return path
+
+
+METHODS = [("sharpen", {}), ("bicubic", {"method": Method.bicubic, "conserve": True}),
+           ("net", {})]
+
+
+def _kw(tmp_path, name):
+    kw = dict(dict(METHODS)[name])
+    if name == "net":
+        kw["model"] = str(_tiny_rain_bundle(tmp_path / "rain.geosr"))
+    return kw
+
+
+@pytest.mark.parametrize("name", [m for m, _ in METHODS])
+def test_non_negative_and_conserved_across_tiles_and_nodata(rain, tmp_path, name):
+    kw = _kw(tmp_path, name)
+    out, tags, btags = _run(rain, tmp_path / "o.tif", tile_px=96, **kw)
+    assert np.nanmin(out) >= 0
+    _assert_conserved(out, rain["coarse_arr"])
+    up = np.repeat(np.repeat(rain["coarse_arr"] == 0, F, -2), F, -1)
+    assert (out[up] == 0).all()  # dry cells stay dry
+    assert tags["GEOSR_VALID_RANGE"] == "0:" and btags["valid_min"] == "0"
+    assert "valid_max" not in btags
+    # the same on one tile: the range does not depend on the tiling
+    whole, _, _ = _run(rain, tmp_path / "w.tif", tile_px=512, **kw)
+    assert np.array_equal(np.isnan(out), np.isnan(whole))
+    tol = 1e-3 * np.nanstd(whole) if name == "net" else 1e-5 * np.nanmax(whole)
+    assert np.nanmax(np.abs(out - whole)) < tol
+
+
+def test_additive_conservation_alone_makes_negative_rain(tmp_path):
+    sc = _rain_scene(tmp_path, units="")  # no units: no range inferred
+    out, tags, _ = _run(sc, tmp_path / "o.tif")
+    assert np.nanmin(out) < 0 and "GEOSR_VALID_RANGE" not in tags
+    fixed, tags, _ = _run(sc, tmp_path / "f.tif", valid_range=ValidRange(0.0))
+    assert np.nanmin(fixed) >= 0 and tags["GEOSR_VALID_RANGE"] == "0:"
+    _assert_conserved(fixed, sc["coarse_arr"])
+
+
+def test_two_sided_range_and_clip_only_without_conservation(tmp_path):
+    sc = _rain_scene(tmp_path, units="")
+    hi = float(np.nanmax(sc["coarse_arr"]))
+    valid = ValidRange(0.0, hi)
+    out, _, btags = _run(sc, tmp_path / "o.tif", valid_range=valid, tile_px=64)
+    assert np.nanmin(out) >= 0 and np.nanmax(out) <= hi
+    _assert_conserved(out, sc["coarse_arr"])
+    assert btags["valid_max"] == f"{hi:.9g}"
+    plain, _, _ = _run(sc, tmp_path / "p.tif", method=Method.bicubic, valid_range=valid)
+    assert np.nanmin(plain) >= 0 and np.nanmax(plain) <= hi  # clipped, not conserved
+
+
+def test_inferred_range_said_once_and_flag_wins(rain, tmp_path):
+    r = runner.invoke(app, ["downscale", str(rain["coarse"]), "--aux", str(rain["aux"]),
+                            "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "valid range" in ln]
+    assert lines == [f"geosr: warning: COARSE {rain['coarse']}: valid range 0: (from units "
+                     "mm/day); pass --valid-range to change it"]
+    r = runner.invoke(app, ["downscale", str(rain["coarse"]), "--aux", str(rain["aux"]),
+                            "-o", str(tmp_path / "p.tif"), "--valid-range", "-100:"])
+    assert r.exit_code == 0 and "valid range" not in r.stderr
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.tags()["GEOSR_VALID_RANGE"] == "-100:"
+
+
+def test_cf_valid_range_of_the_input(tmp_path):
+    sc = _rain_scene(tmp_path, units="", bands=1,
+                     band_tags=[{"valid_min": "0", "valid_max": "1e3"}])
+    out, tags, _ = _run(sc, tmp_path / "o.tif")
+    assert tags["GEOSR_VALID_RANGE"] == "0:1000" and np.nanmin(out) >= 0
+
+
+def test_coarse_values_outside_the_range_warned_once_and_clipped(tmp_path, caplog):
+    sc = _rain_scene(tmp_path, units="")
+    c = sc["coarse_arr"].copy()
+    c[0, 0, :3] = -0.5  # e.g. a regridding artefact
+    c[1, 1, 1] = -2.0
+    write_raster(sc["coarse"], c, res=500.0 * F, origin=ORIGIN)
+    with caplog.at_level(logging.WARNING, logger="geosr"):
+        out, _, _ = _run(sc, tmp_path / "o.tif", valid_range=ValidRange(0.0),
+                         memory_mb=1)  # one band per group: still one warning
+    lines = [r.getMessage() for r in caplog.records if "outside the valid range" in r.message]
+    assert lines == [f"COARSE {sc['coarse']}: 4 coarse value(s) outside the valid range 0:, "
+                     "clipped to it"]
+    assert np.nanmin(out) >= 0
+    _assert_conserved(out, np.clip(c, 0, None))
+
+
+def test_api_keyword(rain, tmp_path):
+    da = api.downscale(rain["coarse"], aux={"dem": rain["aux"]}, valid_range=(0, None))
+    assert float(da.min()) >= 0 and da.attrs.get("GEOSR_VALID_RANGE") == "0:"
+    with pytest.raises(InputError, match="valid_range"):
+        api.downscale(rain["coarse"], aux={"dem": rain["aux"]}, valid_range=(5, 1))
+
+
+@pytest.mark.parametrize("text", ["5:1", "abc"])
+def test_bad_valid_range_exit_2_one_line(rain, tmp_path, text):
+    r = runner.invoke(app, ["downscale", str(rain["coarse"]), "--aux", str(rain["aux"]),
+                            "-o", str(tmp_path / "o.tif"), "--valid-range", text])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--valid-range {text!r}" in lines[0], r.stderr
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_parse_valid_range():
+    assert parse_valid_range("0:") == ValidRange(0.0, math.inf)
+    with pytest.raises(InputError, match="MIN <= MAX"):
+        parse_valid_range("5:1")
