@@ -242,7 +242,8 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
              categorical: Sequence[str] = (), baselines: Sequence[str] | None = None,
              blocks: int = 0, plots_dir: str | os.PathLike | None = None, plot_band: int = 1,
              json_path: str | os.PathLike | None = None,
-             csv_path: str | os.PathLike | None = None):
+             csv_path: str | os.PathLike | None = None, valid_range: Any = None,
+             wet_threshold: float | None = None):
     """Score a prediction against truth, beside baselines.
 
     Args:
@@ -257,6 +258,10 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
         plots_dir: write PNG figures there.
         plot_band: 1-based band shown in the figures.
         json_path, csv_path: write the report there.
+        valid_range: ``(lo, hi)`` or ``"MIN:MAX"`` for ``frac_outside_range`` (default:
+            the range PRED records).
+        wet_threshold: wet pixels are ``>=`` this (field units; default 1 mm/day for
+            precipitation units).
 
     Returns:
         :class:`geosr.evaluate.report.ValidationReport`.
@@ -273,5 +278,6 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
             baselines=tuple(Baseline(b) for b in baselines) if baselines is not None else None,
             blocks=blocks, plots_dir=Path(plots_dir) if plots_dir else None,
             plot_band=plot_band, json_path=Path(json_path) if json_path else None,
-            csv_path=Path(csv_path) if csv_path else None)
+            csv_path=Path(csv_path) if csv_path else None,
+            valid_range=_valid_range(valid_range), wet_threshold=wet_threshold)
         return run(cfg)
