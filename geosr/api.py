@@ -84,7 +84,7 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
             target: Raster | Sequence[Raster] | None = None, aux: AuxInput = None,
             categorical: Sequence[str] = (), res: float = 500.0, factor: int | None = None,
             crs: str | None = None, bounds: Bounds | None = None,
-            time: TimeInput = None, overwrite: bool = False,
+            time: TimeInput = None, valid_range: Any = None, overwrite: bool = False,
             progress: Progress | None = None):
     """Align coarse inputs, fine targets and aux onto one fine grid; write a dataset.
 
@@ -101,6 +101,10 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
         bounds: ``(left, bottom, right, top)`` in the grid CRS.
         time: keep the bands dated in this range: a :class:`~geosr.timerange.TimeRange`
             or ``(start, end)`` ISO dates, either ``None``.
+        valid_range: the variable's ``(lo, hi)`` (None for an open side) or ``"MIN:MAX"``,
+            recorded in the manifest and by ``train`` in the model, where it is the
+            default of ``downscale``; default: the input's CF ``valid_range``, else
+            ``(0, None)`` for precipitation units.
         overwrite: replace a non-empty ``out``.
         progress: ``callback(stage, done, total)``.
 
@@ -116,7 +120,7 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
                             target=_paths(target, sp, what="target"),
                             aux=_aux_specs(aux, sp, categorical=categorical), res_m=res,
                             factor=factor, crs=crs, bounds=bounds, time=_time(time),
-                            overwrite=overwrite)
+                            valid_range=_valid_range(valid_range), overwrite=overwrite)
         return run(cfg, progress=progress)
 
 

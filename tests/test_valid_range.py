@@ -206,3 +206,79 @@ def test_parse_valid_range():
     assert parse_valid_range("0:") == ValidRange(0.0, math.inf)
     with pytest.raises(InputError, match="MIN <= MAX"):
         parse_valid_range("5:1")
+
+
+# ---------------------------------------------------------------- prepare -> train -> downscale
+
+
+@pytest.mark.slow
+def test_range_travels_from_prepare_through_the_model_to_downscale(tmp_path):
+    from _helpers_train import TINY_ARCH, make_scene
+
+    from geosr.dataset.manifest import read_manifest
+    from geosr.dataset.prepare import PrepareConfig, prepare
+    from geosr.model.bundle import load_bundle
+    from geosr.sources import LayerSpec
+    from geosr.training.config import TrainConfig
+    from geosr.training.loop import train
+
+    src = make_scene(tmp_path / "src")
+    ds = tmp_path / "ds"
+    prepare(PrepareConfig(out_dir=ds, target=(str(src["target"]),),
+                          aux=(LayerSpec("dem", str(src["dem"])),), res_m=1000.0, factor=4,
+                          valid_range=ValidRange(-90, 60)))
+    assert read_manifest(ds).valid_range == ValidRange(-90, 60)
+    res = train(TrainConfig(dataset=ds, out=tmp_path / "m.geosr", epochs=1, patch=4,
+                            batch_size=4, steps_per_epoch=2, arch=TINY_ARCH, device="cpu",
+                            threads=1))
+    assert load_bundle(res.out).valid_range == ValidRange(-90, 60)
+    coarse = tmp_path / "ds" / "coarse.tif"
+    out = downscale(DownscaleConfig(coarse=(str(coarse),), aux=(LayerSpec("dem",
+                    str(src["dem"])),), model=str(res.out), out=tmp_path / "o.tif"))
+    with rasterio.open(out.outputs[0].path) as dst:
+        assert dst.tags()["GEOSR_VALID_RANGE"] == "-90:60"
+
+
+def test_manifest_without_a_range_reads_as_none(tmp_path):
+    from _helpers_train import make_dataset
+
+    from geosr.dataset.manifest import Manifest
+
+    ds = make_dataset(tmp_path)
+    m = Manifest.from_dict({**__import__("json").loads((ds / "manifest.json").read_text()),
+                            "valid_range": None}, root=ds)
+    assert m.valid_range is None  # a temperature: no range inferred, none recorded
+
+
+def test_bundle_range_is_outside_the_hash_and_optional(tmp_path):
+    import dataclasses
+    import json
+
+    import torch
+
+    from geosr.model.bundle import load_bundle, save_bundle
+
+    path = _tiny_rain_bundle(tmp_path / "a.geosr")
+    a = load_bundle(path)
+    assert a.valid_range is None  # written without one, like bundles before ranges
+    b = save_bundle(tmp_path / "b.geosr", dataclasses.replace(a, valid_range=ValidRange(0.0)))
+    assert b.sha256 == a.sha256 and load_bundle(tmp_path / "b.geosr").valid_range == \
+        ValidRange(0.0)
+    payload = torch.load(tmp_path / "b.geosr", weights_only=True)
+    assert json.loads(payload["meta"])["valid_range"] == "0:"
+
+
+def test_model_range_is_converted_into_the_input_units():
+    from types import SimpleNamespace
+
+    from geosr.inference.run import _resolve_range
+    from geosr.io.read import RasterInfo
+
+    info = RasterInfo(path="t.tif", crs="EPSG:32632", bounds=(0, 0, 1, 1), width=1, height=1,
+                      count=1, res=(1.0, 1.0), dtype="float32", nodata=None, units=("K",))
+    bundle = SimpleNamespace(valid_range=ValidRange(-90, 60), units="degC")
+    cfg = DownscaleConfig(coarse=("t.tif",), model="m")
+    got = _resolve_range(info, cfg, bundle)
+    assert got.lo == pytest.approx(183.15) and got.hi == pytest.approx(333.15)
+    assert _resolve_range(info, DownscaleConfig(coarse=("t.tif",), valid_range=ValidRange(0)),
+                          bundle) == ValidRange(0)
