@@ -77,22 +77,23 @@ def _assert_conserved(out: np.ndarray, coarse: np.ndarray, rel: float = REL) -> 
     assert np.array_equal(np.isfinite(out), up)  # nodata stays nodata, nothing else
 
 
-def _tiny_rain_bundle(path: Path) -> Path:
-    """An untrained tiny Generator for mm/day rain, its aux gain set so that it puts
-    a DEM-driven pattern of a few mm/day on every cell (negative in dry valleys)."""
+def _tiny_rain_bundle(path: Path, *, factor: int = F, res_m: float = 500.0,
+                      units: str = "mm day-1") -> Path:
+    """An untrained tiny Generator for rain, its aux gain set so that it puts a DEM-driven
+    pattern of a few mm/day on every cell (negative in dry valleys)."""
     nn = pytest.importorskip("geosr.nn")
     gb = pytest.importorskip("geosr.model.bundle")
     import torch
 
     torch.manual_seed(0)
-    cfg = nn.NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
+    cfg = nn.NetConfig(factor=factor, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
                        fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True)
     gen = nn.Generator(cfg).eval()
     with torch.no_grad():
         gen.gain.weight.normal_(0.0, 0.5)
         gen.gain.bias.fill_(1.0)
     gb.save_bundle(path, config=cfg, aux=(gb.AuxChannelSpec("dem", mean=800.0, std=400.0),),
-                   factor=F, res_m=500.0, variable="pr", units="mm day-1",
+                   factor=factor, res_m=res_m, variable="pr", units=units,
                    norm={"coarse": {"mean": 3.0, "std": 3.0},
                          "target": {"mean": 3.0, "std": 3.0}},
                    state_dict=gen.state_dict())
@@ -282,3 +283,81 @@ def test_model_range_is_converted_into_the_input_units():
     assert got.lo == pytest.approx(183.15) and got.hi == pytest.approx(333.15)
     assert _resolve_range(info, DownscaleConfig(coarse=("t.tif",), valid_range=ValidRange(0)),
                           bundle) == ValidRange(0)
+
+
+# --------------------------------------------------------------------------- real daily rain
+
+HADUK = "haduk-cornwall-1km-may2018"
+
+
+def _full_cells_conserved(out_path: Path, coarse_path: Path, f: int) -> tuple[int, float]:
+    """(number of full coarse cells, largest relative error of their means) of an output
+    against the coarse input it was made from, on the input's own cells."""
+    from rasterio.windows import from_bounds
+
+    with rasterio.open(out_path) as o:
+        out = o.read().astype(np.float64)
+        bounds = o.bounds
+    with rasterio.open(coarse_path) as c:
+        win = from_bounds(*bounds, transform=c.transform).round_offsets().round_lengths()
+        coarse = c.read(window=win).astype(np.float64)
+    b, h, w = out.shape
+    blocks = out.reshape(b, h // f, f, w // f, f)
+    n = np.isfinite(blocks).sum(axis=(2, 4))
+    full = (n == f * f) & np.isfinite(coarse)
+    mean = np.nan_to_num(blocks).sum(axis=(2, 4)) / (f * f)
+    err = np.abs(mean - coarse)[full] / (np.abs(coarse[full]) + 1e-6)  # 1e-6 mm: a floor
+    return int(full.sum()), float(err.max())
+
+
+def _haduk_8km(real: Path, tmp_path: Path) -> Path:
+    """HadUK-Grid 1 km daily rain averaged over 8 km cells (land pixels; sea is nodata)."""
+    with rasterio.open(real / HADUK / "target" / "rainfall1km.tif") as src:
+        a, t, profile = src.read(), src.transform, src.profile
+    f = 8
+    h, w = a.shape[1] // f * f, a.shape[2] // f * f
+    blocks = a[:, :h, :w].reshape(a.shape[0], h // f, f, w // f, f)
+    valid = np.isfinite(blocks)
+    n = valid.sum(axis=(2, 4))
+    total = np.where(valid, blocks, 0).sum(axis=(2, 4), dtype=np.float64)
+    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+    profile.update(width=w // f, height=h // f,
+                   transform=rasterio.Affine(t.a * f, 0, t.c, 0, t.e * f, t.f))
+    path = tmp_path / "haduk_rain_8km.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(mean)
+        for b in range(1, mean.shape[0] + 1):
+            dst.set_band_unit(b, "mm")
+    return path
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["ukcp18-12km", "haduk-8km"])
+def test_real_daily_rain_non_negative_and_conserved(real_data, tmp_path, case):
+    """Real daily precipitation: every method keeps every pixel >= 0 and every full coarse
+    cell's mean equal to the input (relative error <= 1e-3), over several tiles; the
+    8 km field has nodata (sea) cells next to land."""
+    dem = real_data / HADUK / "aux" / "dtmm.tif"
+    if case == "ukcp18-12km":
+        coarse, f = real_data / HADUK / "coarse_real" / "ukcp18rcm_12km_prec_201805.tif", 12
+        valid = ValidRange(0.0)  # the file carries no units: say it
+    else:
+        coarse, f = _haduk_8km(real_data, tmp_path), 8
+        valid = None  # inferred from its units (mm)
+    model = _tiny_rain_bundle(tmp_path / "rain.geosr", factor=f, res_m=1000.0,
+                              units="mm day-1" if f == 12 else "mm")
+    aux = (parse_layers([f"dem={dem}"]))
+    runs = {"sharpen": {}, "bicubic": {"method": Method.bicubic, "conserve": True},
+            "net": {"model": str(model)}}
+    for name, kw in runs.items():
+        out = tmp_path / f"{name}.tif"
+        downscale(DownscaleConfig(coarse=(str(coarse),), aux=aux, out=out, res_m=1000.0,
+                                  tile_px=4 * f, valid_range=valid, **kw))
+        with rasterio.open(out) as src:
+            arr = src.read()
+            assert src.tags()["GEOSR_VALID_RANGE"] == "0:"
+            assert src.width > 4 * f and src.height > 4 * f  # several tiles
+        assert np.nanmin(arr) >= 0, name
+        cells, err = _full_cells_conserved(out, coarse, f)
+        assert cells > 20 and err <= 1e-3, (name, cells, err)
