@@ -43,6 +43,10 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CF_LIST = re.compile(_NUMBER)
 
 
+CHUNK_PX = 1 << 20
+"""Fine pixels :func:`bounded_conserve` works on at a time (float64 temporaries)."""
+
+
 @dataclass(frozen=True)
 class ValidRange:
     """Bounds a field's values must lie in: ``lo <= x <= hi``.
@@ -210,10 +214,12 @@ def bounded_conserve(fine: np.ndarray, coarse: np.ndarray, factor: int, lo: floa
                          f"factor {f}")
     dtype = fine.dtype.type
     blocks = fine.reshape(b, r // f, f, c // f, f)
+    # float64 temporaries of at most ~CHUNK_PX pixels (8 MB each), whatever the width
+    step = max(1, min(chunk_rows, CHUNK_PX // max(f * c, 1)))
     for band in range(b):
-        for k in range(0, r // f, chunk_rows):
-            _bounded_chunk(blocks[band, k:k + chunk_rows],
-                           np.asarray(coarse[band, k:k + chunk_rows], np.float64), lo, hi, dtype)
+        for k in range(0, r // f, step):
+            _bounded_chunk(blocks[band, k:k + step],
+                           np.asarray(coarse[band, k:k + step], np.float64), lo, hi, dtype)
     return fine
 
 
