@@ -84,7 +84,7 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
             target: Raster | Sequence[Raster] | None = None, aux: AuxInput = None,
             categorical: Sequence[str] = (), res: float = 500.0, factor: int | None = None,
             crs: str | None = None, bounds: Bounds | None = None,
-            time: TimeInput = None, overwrite: bool = False,
+            time: TimeInput = None, valid_range: Any = None, overwrite: bool = False,
             progress: Progress | None = None):
     """Align coarse inputs, fine targets and aux onto one fine grid; write a dataset.
 
@@ -101,6 +101,10 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
         bounds: ``(left, bottom, right, top)`` in the grid CRS.
         time: keep the bands dated in this range: a :class:`~geosr.timerange.TimeRange`
             or ``(start, end)`` ISO dates, either ``None``.
+        valid_range: the variable's ``(lo, hi)`` (None for an open side) or ``"MIN:MAX"``,
+            recorded in the manifest and by ``train`` in the model, where it is the
+            default of ``downscale``; default: the input's CF ``valid_range``, else
+            ``(0, None)`` for precipitation units.
         overwrite: replace a non-empty ``out``.
         progress: ``callback(stage, done, total)``.
 
@@ -116,7 +120,7 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
                             target=_paths(target, sp, what="target"),
                             aux=_aux_specs(aux, sp, categorical=categorical), res_m=res,
                             factor=factor, crs=crs, bounds=bounds, time=_time(time),
-                            overwrite=overwrite)
+                            valid_range=_valid_range(valid_range), overwrite=overwrite)
         return run(cfg, progress=progress)
 
 
@@ -155,8 +159,9 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
               method: str | None = None, out: str | os.PathLike | None = None,
               res: float | None = None, factor: int | None = None, crs: str | None = None,
               bounds: Bounds | None = None, time: TimeInput = None,
-              conserve: bool | None = None, tile: int | None = None, overlap: int | None = None,
-              device: str = "auto", workers: int | None = None, scheduler: str | None = None,
+              conserve: bool | None = None, valid_range: Any = None, tile: int | None = None,
+              overlap: int | None = None, device: str = "auto", workers: int | None = None,
+              scheduler: str | None = None,
               overwrite: bool = False, categorical: Sequence[str] = (),
               progress: Progress | None = None, chunks: Any = True):
     """Downscale one coarse raster onto the fine grid; return it as a DataArray.
@@ -177,6 +182,10 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
         time: keep the time steps dated in this range, ``(start, end)`` ISO dates.
         conserve: each coarse cell's mean of the output equals the input (default on,
             except for bicubic).
+        valid_range: ``(lo, hi)`` every output pixel is kept in, conserving (None for an
+            open side, e.g. ``(0, None)`` for precipitation), or ``"MIN:MAX"`` text;
+            default: the model's, else the input's CF ``valid_range``, else ``(0, None)``
+            for precipitation units.
         tile, overlap: tile core and blended overlap in fine pixels.
         device, workers, scheduler: where the work runs (see ``geosr downscale --help``).
         overwrite: replace an existing ``out``.
@@ -207,11 +216,21 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
             method=Method(method) if method is not None else None, res_m=res, factor=factor,
             crs=crs, bounds=bounds, time=_time(time), tile_px=tile, overlap_px=overlap,
             device=device, workers=workers, scheduler=scheduler, conserve=conserve,
-            overwrite=overwrite)
+            valid_range=_valid_range(valid_range), overwrite=overwrite)
         run(cfg, progress=progress)
         if out is None:
             return open_output(dst, chunks=None, load=True)
     return open_output(dst, chunks=chunks)
+
+
+def _valid_range(value: Any):
+    from geosr.constraints import ValidRange
+
+    try:
+        return ValidRange.of(value)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"valid_range {value!r}: {e}; expected (lo, hi) with None for an "
+                         "open side, or 'MIN:MAX'") from None
 
 
 def run_downscale(config, *, progress: Progress | None = None):
@@ -227,7 +246,8 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
              categorical: Sequence[str] = (), baselines: Sequence[str] | None = None,
              blocks: int = 0, plots_dir: str | os.PathLike | None = None, plot_band: int = 1,
              json_path: str | os.PathLike | None = None,
-             csv_path: str | os.PathLike | None = None, overwrite: bool = False):
+             csv_path: str | os.PathLike | None = None, valid_range: Any = None,
+             wet_threshold: float | None = None, overwrite: bool = False):
     """Score a prediction against truth, beside baselines.
 
     Args:
@@ -242,6 +262,10 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
         plots_dir: write PNG figures there.
         plot_band: 1-based band shown in the figures.
         json_path, csv_path: write the report there.
+        valid_range: ``(lo, hi)`` or ``"MIN:MAX"`` for ``frac_outside_range`` (default:
+            the range PRED records).
+        wet_threshold: wet pixels are ``>=`` this (field units; default 1 mm/day for
+            precipitation units).
         overwrite: replace existing report files.
 
     Returns:
@@ -259,5 +283,7 @@ def validate(pred: Raster, truth: Raster, *, coarse: Raster | None = None, aux: 
             baselines=tuple(Baseline(b) for b in baselines) if baselines is not None else None,
             blocks=blocks, plots_dir=Path(plots_dir) if plots_dir else None,
             plot_band=plot_band, json_path=Path(json_path) if json_path else None,
-            csv_path=Path(csv_path) if csv_path else None, overwrite=overwrite)
+            csv_path=Path(csv_path) if csv_path else None,
+            valid_range=_valid_range(valid_range), wet_threshold=wet_threshold,
+            overwrite=overwrite)
         return run(cfg)

@@ -85,4 +85,5 @@ def test_prepare_parses_options_and_calls_the_api_once(monkeypatch, tmp_path):
     assert seen == dict(out=tmp_path / "ds", coarse=("c.nc:t2m",), target=(),
                         aux=(LayerSpec("dem", "d.tif"), LayerSpec("lc", "lc.tif", True)),
                         res=1000.0, factor=None, crs=None, bounds=(0.0, 0.0, 10.0, 10.0),
-                        time=TimeRange("2018-05", "2018-05"), overwrite=False)
+                        time=TimeRange("2018-05", "2018-05"), valid_range=None,
+                        overwrite=False)

@@ -23,8 +23,8 @@ def field(shape=(64, 80), seed=0) -> np.ndarray:
 def test_registry_and_compute_all_agree():
     out = M.compute_all(field(), field())
     assert list(out) == list(M.METRICS)
-    assert set(M.PAIR_METRICS) | {"conservation_rmse"} == set(M.METRICS)
-    assert math.isnan(out["conservation_rmse"])
+    assert set(M.PAIR_METRICS) | set(M.CONTEXT_METRICS) == set(M.METRICS)
+    assert all(math.isnan(out[k]) for k in M.CONTEXT_METRICS)
 
 
 def test_identical_fields_are_perfect():
@@ -178,3 +178,19 @@ def test_conservation_rmse():
     noisy -= np.repeat(np.repeat(M.block_mean(noisy - fine, 5), 5, 0), 5, 1)  # zero block mean
     assert M.conservation_rmse(noisy, coarse, 5) == pytest.approx(0, abs=1e-5)
     assert M.conservation_rmse(fine + 1.5, coarse, 5) == pytest.approx(1.5)
+
+
+def test_physical_metrics():
+    truth = np.array([0.0, 0.0, 2.0, 5.0, np.nan])
+    pred = np.array([-0.5, 0.4, 1.5, 5.0, 3.0])
+    assert M.frac_outside_range(pred, 0.0) == pytest.approx(0.2)
+    assert M.frac_outside_range(pred, 0.0, 2.0) == pytest.approx(0.6)
+    assert M.wet_day_freq_bias(pred, truth) == pytest.approx(0.0)  # 2 of 4 wet in both
+    assert M.wet_day_freq_bias(pred + 1, truth) == pytest.approx(0.25)
+    assert M.p99_bias(truth, truth) == 0.0
+    expected = np.percentile(pred[:4], 99) - np.percentile(truth[:4], 99)
+    assert M.p99_bias(pred, truth) == pytest.approx(expected)
+    m = M.physical_metrics(pred, truth, valid_range=(0.0, math.inf), wet_threshold=1.0)
+    assert m["frac_outside_range"] == pytest.approx(0.2) and m["wet_day_freq_bias"] == 0.0
+    empty = np.full(3, np.nan)
+    assert math.isnan(M.frac_outside_range(empty)) and math.isnan(M.p99_bias(empty, empty))

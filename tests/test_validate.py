@@ -10,12 +10,14 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import rasterio
 from conftest import terrain, write_raster
 from typer.testing import CliRunner
 
 from geosr.align import block_mean
 from geosr.cli import app
 from geosr.cli.options import parse_baselines, parse_threshold
+from geosr.constraints import ValidRange
 from geosr.errors import InputError
 from geosr.evaluate.metrics import METRICS
 from geosr.evaluate.validate import BASELINES, Baseline, Threshold, ValidateConfig, validate
@@ -359,3 +361,82 @@ def test_meteoswiss_sharpen_beats_interpolation(real_data, tmp_path):
     assert b["sharpen"]["pearson_r"] > b["bicubic"]["pearson_r"]
     assert b["bicubic"]["rmse"] <= b["bilinear"]["rmse"]
     assert r.metrics["rmse"] == 0  # PRED is the truth itself
+
+
+# --- valid range and precipitation --------------------------------------------------------
+
+@pytest.fixture
+def rain(tmp_path):
+    """Rain in mm/day (dry valleys): PRED overshoots below zero, as additive conservation
+    does; PRED records its range the way ``downscale`` does."""
+    dem = terrain((96, 96), seed=2)
+    rng = np.random.default_rng(1)
+    truth = np.maximum(0.0, 0.01 * (dem - 800) + rng.gamma(0.5, 2.0, dem.shape))[None]
+    truth = truth.astype(np.float32)
+    pred = truth + rng.normal(0, 1.0, truth.shape).astype(np.float32)
+    coarse = block_mean(truth, FACTOR)
+    kw = dict(crs="EPSG:3035", res=RES, origin=ORIGIN)
+    paths = {
+        "truth": write_raster(tmp_path / "truth.tif", truth, **kw),
+        "pred": write_raster(tmp_path / "pred.tif", pred, tags={"GEOSR_VALID_RANGE": "0:"},
+                             **kw),
+        "coarse": write_raster(tmp_path / "coarse.tif", coarse, crs="EPSG:3035",
+                               res=RES * FACTOR, origin=ORIGIN),
+    }
+    with rasterio.open(paths["pred"], "r+") as dst:
+        dst.set_band_unit(1, "mm/day")
+    return {**paths, "t": truth, "p": pred}
+
+
+def test_range_and_precipitation_metrics(rain, tmp_path):
+    r = validate(ValidateConfig(pred=str(rain["pred"]), truth=str(rain["truth"]),
+                                coarse=str(rain["coarse"]), json_path=tmp_path / "r.json"))
+    p, t = rain["p"], rain["t"]
+    assert r.valid_range == "0:" and r.wet_threshold == 1.0
+    assert r.metrics["frac_outside_range"] == pytest.approx((p < 0).mean())
+    assert r.metrics["wet_day_freq_bias"] == pytest.approx((p >= 1).mean() - (t >= 1).mean())
+    assert r.metrics["p99_bias"] == pytest.approx(np.percentile(p, 99) - np.percentile(t, 99),
+                                                  rel=1e-5)
+    for b in ("bicubic", "bilinear"):  # baselines are scored too
+        assert 0 <= r.baselines[b]["frac_outside_range"] < 1
+        assert math.isfinite(r.baselines[b]["p99_bias"])
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["valid_range"] == "0:" and d["metrics"]["frac_outside_range"] > 0
+    # an explicit range and wet threshold win; in kg m-2 s-1 the default threshold converts
+    r2 = validate(ValidateConfig(pred=str(rain["pred"]), truth=str(rain["truth"]),
+                                 valid_range=ValidRange(-10, 10), wet_threshold=5.0))
+    assert r2.metrics["frac_outside_range"] == pytest.approx(((p < -10) | (p > 10)).mean())
+    assert r2.metrics["wet_day_freq_bias"] == pytest.approx((p >= 5).mean() - (t >= 5).mean())
+
+
+def test_no_range_no_precipitation_metrics(scene):
+    r = validate(ValidateConfig(pred=str(scene["pred"]), truth=str(scene["truth"])))
+    assert r.valid_range is None and r.wet_threshold is None
+    for k in ("frac_outside_range", "wet_day_freq_bias", "p99_bias"):
+        assert math.isnan(r.metrics[k])
+    out = _cli(str(scene["pred"]), str(scene["truth"]))
+    assert out.exit_code == 0 and "outside valid range" not in out.stdout
+
+
+def test_cli_range_rows_and_bad_range(rain):
+    out = _cli(str(rain["pred"]), str(rain["truth"]))
+    assert out.exit_code == 0, out.output
+    assert "fraction outside valid range" in out.stdout and "p99 bias" in out.stdout
+    bad = _cli(str(rain["pred"]), str(rain["truth"]), "--valid-range", "5:1")
+    assert bad.exit_code == 2 and "--valid-range '5:1'" in bad.stderr
+    with mock.patch("geosr.cli.validate.validate") as core:
+        core.return_value.broken = ()
+        core.return_value.to_dict.return_value = {}
+        _cli("p.tif", "t.tif", "--valid-range", "0:100", "--wet-threshold", "0.1",
+             "--json", "-")
+    (c,), _ = core.call_args
+    assert c.valid_range == ValidRange(0, 100) and c.wet_threshold == 0.1
+
+
+def test_wet_threshold_in_the_field_units():
+    from geosr.evaluate.validate import _wet_threshold
+
+    assert _wet_threshold(None, "mm/day") == 1.0
+    assert _wet_threshold(None, "kg m-2 s-1") == pytest.approx(1 / 86400)
+    assert _wet_threshold(None, "m") == pytest.approx(1e-3)
+    assert _wet_threshold(None, "degC") is None and _wet_threshold(0.2, "") == 0.2

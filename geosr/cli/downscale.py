@@ -12,7 +12,7 @@ import typer
 from geosr import api
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, stdout
-from geosr.cli.options import parse_layers, parse_time_range
+from geosr.cli.options import parse_layers, parse_time_range, parse_valid_range
 from geosr.device import DeviceChoice
 from geosr.inference.config import METHOD_LABELS, DownscaleConfig, Method
 
@@ -92,6 +92,11 @@ def downscale_cmd(
     conserve: bool = typer.Option(None, "--conserve/--no-conserve", help="Make each coarse "
                                   "cell's mean of the output equal the input (default: on, "
                                   "except for bicubic)."),
+    valid_range: str = typer.Option(
+        None, "--valid-range", metavar="MIN:MAX",
+        help="Keep every output pixel in this range while conserving, e.g. 0: (non-negative), "
+             "0:100 (percent), -1:1 (either side optional); default: the model's, else the "
+             "input's CF valid_range, else 0: for precipitation units."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -102,8 +107,9 @@ def downscale_cmd(
         bounds=tuple(bounds) if bounds else None,
         time=parse_time_range(time) if time is not None else None, tile_px=tile,
         overlap_px=overlap, device=device.value, workers=workers, scheduler=scheduler,
-        conserve=conserve, overwrite=overwrite,
-        command=shlex.join(["geosr", *sys.argv[1:]]),
+        conserve=conserve,
+        valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
+        overwrite=overwrite, command=shlex.join(["geosr", *sys.argv[1:]]),
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
         result = api.run_downscale(cfg, progress=progress)

@@ -9,6 +9,7 @@ import math
 import re
 from typing import Any
 
+from geosr.constraints import ValidRange
 from geosr.errors import InputError
 from geosr.evaluate import metrics as M
 from geosr.evaluate.validate import Baseline, Threshold
@@ -158,3 +159,11 @@ def _split_colon(raw: str) -> list[str]:
         raise InputError(f"--time {raw!r}: more than one ':' between dates; expected "
                          "START:END, e.g. 2018-05-01T06:00:2018-05-02")
     return parts
+
+
+def parse_valid_range(text: str, *, option: str = "--valid-range") -> ValidRange:
+    """Parse ``MIN:MAX`` with either side optional (``0:``, ``0:100``, ``-1:1``)."""
+    try:
+        return ValidRange.parse(text)
+    except ValueError as e:
+        raise InputError(f"{option} {text!r}: {e}") from None

@@ -9,7 +9,7 @@ import typer
 from geosr import api
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, say
-from geosr.cli.options import parse_layers, parse_time_range
+from geosr.cli.options import parse_layers, parse_time_range, parse_valid_range
 
 EPILOG = """Examples:
 
@@ -46,6 +46,11 @@ def prepare_cmd(
     time: str = typer.Option(None, "--time", metavar="START:END",
                              help="Keep the bands (samples) dated in this range, e.g. "
                                   "2018-05-01:2018-05-20 (either side optional)."),
+    valid_range: str = typer.Option(
+        None, "--valid-range", metavar="MIN:MAX",
+        help="The variable's valid range, e.g. 0: (precipitation) or 0:100, recorded for "
+             "train and downscale (default: the input's CF valid_range, else 0: for "
+             "precipitation units)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -54,7 +59,9 @@ def prepare_cmd(
         out=out, coarse=tuple(coarse or ()), target=tuple(target or ()),
         aux=parse_layers(aux or ()), res=res, factor=factor, crs=crs,
         bounds=tuple(bounds) if bounds else None,
-        time=parse_time_range(time) if time is not None else None, overwrite=overwrite,
+        time=parse_time_range(time) if time is not None else None,
+        valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
+        overwrite=overwrite,
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
         result = api.prepare(**kwargs, progress=progress)

@@ -12,7 +12,12 @@ from rich.table import Table
 
 from geosr.cli._app import MULTI_VALUE_OPTIONS, GeosrCommand, app, expand_multi_value
 from geosr.cli._common import emit_json, settings, stdout
-from geosr.cli.options import parse_baselines, parse_layers, parse_threshold
+from geosr.cli.options import (
+    parse_baselines,
+    parse_layers,
+    parse_threshold,
+    parse_valid_range,
+)
 from geosr.errors import InputError
 from geosr.evaluate.metrics import METRICS, Better
 from geosr.evaluate.report import ValidationReport
@@ -76,11 +81,19 @@ def validate_cmd(
     fail_below: list[str] = typer.Option(None, "--fail-below", metavar="METRIC=VALUE...",
                                          help="Exit 1 when PRED's METRIC is below VALUE, "
                                               "e.g. pearson_r=0.9 ssim=0.8."),
+    valid_range: str = typer.Option(None, "--valid-range", metavar="MIN:MAX",
+                                    help="Report the fraction of pixels outside this range "
+                                         "(default: the range PRED records)."),
+    wet_threshold: float = typer.Option(None, "--wet-threshold", metavar="VALUE",
+                                        help="Wet pixels are >= VALUE (field units) for the "
+                                             "wet-pixel frequency bias and p99 bias (default: "
+                                             "1 mm/day for precipitation units)."),
 ) -> None:
     """Compare a prediction with the truth: metrics, baselines, blocks, figures, gates.
 
     Metrics: rmse, mae, bias (pred - truth), pearson_r, r2, ssim, psnr, kge, wasserstein,
-    js_divergence, gradient_ratio, spectrum_error, conservation_rmse (with --coarse).
+    js_divergence, gradient_ratio, spectrum_error, conservation_rmse (with --coarse),
+    frac_outside_range (with a valid range), wet_day_freq_bias and p99_bias (precipitation).
     """
     thresholds = tuple(parse_threshold(t, bound="above") for t in fail_above or ()) + \
         tuple(parse_threshold(t, bound="below") for t in fail_below or ())
@@ -93,6 +106,8 @@ def validate_cmd(
         blocks=blocks, thresholds=thresholds, plots_dir=plots, plot_band=plot_band,
         json_path=None if (json_out is None or to_stdout) else Path(json_out),
         csv_path=csv_out, overwrite=overwrite,
+        valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
+        wet_threshold=wet_threshold,
     )
     report = validate(cfg)
     if to_stdout:
@@ -145,6 +160,9 @@ def render(report: ValidationReport) -> None:
     for key, spec in METRICS.items():
         values = [report.metrics[key], *(report.baselines[b][key] for b in report.baselines)]
         if key == "conservation_rmse" and not report.factor:
+            continue
+        if spec.kind in ("range", "precipitation") and not any(
+                v is not None and math.isfinite(v) for v in values):
             continue
         best = _best(spec, values)
         cells = [f"[bold green]{_fmt(v)}[/]" if i == best else _fmt(v)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geosr import __version__
+from geosr.constraints import ValidRange
 from geosr.errors import InputError
 from geosr.grid import Grid
 
@@ -90,6 +91,7 @@ class Manifest:
     samples: tuple[Sample, ...]
     units: str = ""
     long_name: str = ""
+    valid_range: ValidRange | None = None
     geosr_version: str = __version__
     root: Path = field(default=Path("."), compare=False)
 
@@ -119,6 +121,7 @@ class Manifest:
             "fine_grid": self.fine_grid.to_dict(), "coarse_grid": self.coarse_grid.to_dict(),
             "factor": self.factor, "res_m": self.res_m,
             "variable": self.variable, "units": self.units, "long_name": self.long_name,
+            "valid_range": str(self.valid_range) if self.valid_range is not None else None,
             "coarse": layer(self.coarse), "target": layer(self.target),
             "aux": [layer(a) for a in self.aux],
             "samples": [asdict(s) for s in self.samples],
@@ -147,6 +150,7 @@ class Manifest:
             fine_grid=Grid.from_dict(d["fine_grid"]), coarse_grid=Grid.from_dict(d["coarse_grid"]),
             factor=int(d["factor"]), res_m=float(d["res_m"]), variable=str(d["variable"]),
             units=str(d.get("units", "")), long_name=str(d.get("long_name", "")),
+            valid_range=ValidRange.parse(d["valid_range"]) if d.get("valid_range") else None,
             coarse=layer(d["coarse"]), target=layer(d.get("target")),
             aux=tuple(layer(a) for a in d.get("aux", [])),
             samples=tuple(Sample(**s) for s in d["samples"]),

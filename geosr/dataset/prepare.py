@@ -26,6 +26,7 @@ from geosr.align import (
     plan_grids,
     resampling_for,
 )
+from geosr.constraints import ValidRange, from_units
 from geosr.dataset.manifest import Layer, Manifest, Sample
 from geosr.errors import GridError, InputError
 from geosr.grid import Bounds, Grid, footprint
@@ -55,6 +56,9 @@ class PrepareConfig:
         crs: grid CRS (projected, metres); default from the reference input.
         bounds: (left, bottom, right, top) in the grid CRS.
         time: keep only the bands (samples) dated in this range (``--time``).
+        valid_range: the variable's valid range, recorded in the manifest (and by
+            ``train`` in the model); None: the input's CF ``valid_range``, else ``0:`` for
+            precipitation units, else none.
         overwrite: replace a non-empty ``out_dir``.
         block_px: processing window size in fine pixels (rounded to whole coarse cells).
     """
@@ -68,6 +72,7 @@ class PrepareConfig:
     crs: str | None = None
     bounds: Bounds | None = None
     time: TimeRange | None = None
+    valid_range: ValidRange | None = None
     overwrite: bool = False
     block_px: int = 2048
 
@@ -145,6 +150,10 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
     variable = layer_name_from_path(first.path)
     units = next((u for u in first.units if u), "")
     long_name = next((n for n in first.long_names if n), "")
+    valid_range = cfg.valid_range or first.valid_range or from_units(units)
+    if valid_range is not None and cfg.valid_range is None:
+        log.info("valid range %s (from %s); pass --valid-range to change it", valid_range,
+                 "its CF valid_range" if first.valid_range else f"units {units}")
     samples = tuple(
         Sample(id=_sample_id(info, b), band=i + 1, source=info.path, source_band=b,
                date=info.dates[b - 1] if b - 1 < len(info.dates) else "")
@@ -167,8 +176,8 @@ def _prepare(cfg: PrepareConfig, progress: Progress | None) -> PrepareResult:
                            for spec, info in zip(aux, aux_infos, strict=True))
         manifest = Manifest(
             fine_grid=fine, coarse_grid=coarse, factor=factor, res_m=fine.res, variable=variable,
-            units=units, long_name=long_name, coarse=coarse_layer, target=target_layer,
-            aux=aux_layers,
+            units=units, long_name=long_name, valid_range=valid_range, coarse=coarse_layer,
+            target=target_layer, aux=aux_layers,
             samples=samples, geosr_version=__version__,
         )
         manifest.write(tmp)

@@ -8,7 +8,9 @@ valid-cell count. Arithmetic is float64. A metric that is undefined for the data
 few cells, zero variance, a zero mean for KGE's beta) is NaN, never an exception.
 
 The registry :data:`METRICS` names every metric once (key, label, which way is better);
-``validate`` and the CLI reuse it for the report, thresholds and help texts.
+``validate`` and the CLI reuse it for the report, thresholds and help texts. Physical
+metrics need more than the two fields: the valid range (``frac_outside_range``) or, for
+precipitation, a wet threshold (``wet_day_freq_bias``); without it they are NaN.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class MetricSpec:
         key: name in JSON/CSV and thresholds (``rmse``).
         label: short human label for tables.
         better: which way is better.
-        kind: ``pixel``, ``distribution``, ``spatial`` or ``conservation``.
+        kind: ``pixel``, ``distribution``, ``spatial``, ``conservation``, ``range`` or
+            ``precipitation``.
         units: ``"field"`` when the value is in the field's units, else ``""``.
     """
 
@@ -75,6 +78,9 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
     MetricSpec("gradient_ratio", "gradient ratio", Better.one, "spatial"),
     MetricSpec("spectrum_error", "spectrum error (log10)", Better.lower, "spatial"),
     MetricSpec("conservation_rmse", "conservation RMSE", Better.lower, "conservation", "field"),
+    MetricSpec("frac_outside_range", "fraction outside valid range", Better.lower, "range"),
+    MetricSpec("wet_day_freq_bias", "wet-pixel frequency bias", Better.zero, "precipitation"),
+    MetricSpec("p99_bias", "p99 bias (pred - truth)", Better.zero, "precipitation", "field"),
 )}
 """Every metric, in report order."""
 
@@ -362,6 +368,43 @@ def conservation_rmse(fine: np.ndarray, coarse: np.ndarray, factor: int) -> floa
     return rmse(block_mean(np.asarray(fine, dtype=np.float32), factor), coarse)
 
 
+def frac_outside_range(pred: np.ndarray, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """Fraction of the valid (finite) cells of ``pred`` below ``lo`` or above ``hi``."""
+    v = np.asarray(pred)
+    ok = np.isfinite(v)
+    n = int(ok.sum())
+    if n == 0:
+        return NAN
+    return float(((v[ok] < lo) | (v[ok] > hi)).sum() / n)
+
+
+WET_DAY_MM = 1.0
+"""Default wet threshold of ``wet_day_freq_bias``: 1 mm/day, the usual wet-day definition
+(ETCCDI), converted into the field's units."""
+
+
+def wet_day_freq_bias(pred: np.ndarray, truth: np.ndarray, threshold: float = WET_DAY_MM
+                      ) -> float:
+    """Fraction of wet cells (``>= threshold``) in ``pred`` minus that in ``truth``.
+
+    Over the cells valid in both; > 0: the prediction rains on too many pixel-days
+    (drizzle spread by interpolation), < 0: too few. ``threshold`` in the field's units.
+    """
+    p, t = _pair(pred, truth)
+    if not p.size:
+        return NAN
+    return float(np.mean(p >= threshold) - np.mean(t >= threshold))
+
+
+def p99_bias(pred: np.ndarray, truth: np.ndarray, q: float = 99.0) -> float:
+    """``q``-th percentile of ``pred`` minus that of ``truth`` (field units), over the cells
+    valid in both: < 0 means the heavy-rain tail is smoothed away."""
+    p, t = _pair(pred, truth)
+    if not p.size:
+        return NAN
+    return float(np.percentile(p, q) - np.percentile(t, q))
+
+
 PAIR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "rmse": rmse, "mae": mae, "bias": bias, "pearson_r": pearson_r, "r2": r2, "ssim": ssim,
     "psnr": psnr, "kge": kge, "wasserstein": wasserstein, "js_divergence": js_divergence,
@@ -370,10 +413,17 @@ PAIR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 """Metrics computed from (prediction, truth) alone, keyed as in :data:`METRICS`."""
 
 
+CONTEXT_METRICS = ("conservation_rmse", "frac_outside_range", "wet_day_freq_bias", "p99_bias")
+"""Metrics that need more than (prediction, truth): NaN in :func:`compute_all` without it."""
+
+
 def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | None = None,
-                factor: int | None = None, fine_for_conservation: np.ndarray | None = None
-                ) -> dict[str, float]:
-    """Every metric of :data:`METRICS`, in order; ``conservation_rmse`` is NaN without ``coarse``.
+                factor: int | None = None, fine_for_conservation: np.ndarray | None = None,
+                valid_range: tuple[float, float] | None = None,
+                wet_threshold: float | None = None) -> dict[str, float]:
+    """Every metric of :data:`METRICS`, in order; ``conservation_rmse`` is NaN without
+    ``coarse``, ``frac_outside_range`` without ``valid_range``, the precipitation metrics
+    without ``wet_threshold``.
 
     Args:
         pred, truth: same-shape arrays, NaN = no value.
@@ -382,6 +432,9 @@ def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | Non
         fine_for_conservation: the fine field to aggregate (default ``pred``); pass the
             prediction *before* masking by the truth, since conservation concerns the
             prediction alone.
+        valid_range: ``(lo, hi)`` (``-inf``/``inf`` for an open side).
+        wet_threshold: wet cells are ``>= wet_threshold`` (field units); given for
+            precipitation only.
     """
     out = {k: fn(pred, truth) for k, fn in PAIR_METRICS.items()}
     if coarse is not None and factor:
@@ -389,4 +442,19 @@ def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | Non
         out["conservation_rmse"] = conservation_rmse(fine, coarse, factor)
     else:
         out["conservation_rmse"] = NAN
+    out.update(physical_metrics(pred, truth, valid_range=valid_range,
+                                wet_threshold=wet_threshold))
     return {k: out[k] for k in METRICS}
+
+
+def physical_metrics(pred: np.ndarray, truth: np.ndarray, *,
+                     valid_range: tuple[float, float] | None = None,
+                     wet_threshold: float | None = None) -> dict[str, float]:
+    """``frac_outside_range``, ``wet_day_freq_bias`` and ``p99_bias`` (NaN where not asked)."""
+    out = {"frac_outside_range": NAN, "wet_day_freq_bias": NAN, "p99_bias": NAN}
+    if valid_range is not None:
+        out["frac_outside_range"] = frac_outside_range(pred, *valid_range)
+    if wet_threshold is not None:
+        out["wet_day_freq_bias"] = wet_day_freq_bias(pred, truth, wet_threshold)
+        out["p99_bias"] = p99_bias(pred, truth)
+    return out

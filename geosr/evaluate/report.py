@@ -53,6 +53,8 @@ class ValidationReport:
     factor: int | None = None
     truth_resampling: str | None = None
     units: str = ""
+    valid_range: str | None = None  # MIN:MAX the range metrics used
+    wet_threshold: float | None = None  # the precipitation metrics' wet threshold
     plots: tuple[str, ...] = ()
     broken: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -77,6 +79,7 @@ class ValidationReport:
             "grid": self.grid.to_dict(), "n_bands": self.n_bands, "units": self.units,
             "n_valid": self.n_valid, "n_valid_pred_truth": self.n_valid_pred_truth,
             "factor": self.factor, "truth_resampling": self.truth_resampling,
+            "valid_range": self.valid_range, "wet_threshold": self.wet_threshold,
             "metrics": _clean(self.metrics),
             "baselines": {k: _clean(v) for k, v in self.baselines.items()},
             "skill": _clean(self.skill),

@@ -13,6 +13,11 @@ the pixels valid in both. With a coarse input it also
   aux layers) and scores them on exactly the same pixels as PRED, with the skill
   ``1 - RMSE_pred / RMSE_baseline`` (> 0: PRED beats the baseline).
 
+With a valid range (``valid_range``, else PRED's own, as ``downscale`` records it) it
+reports the fraction of pixels outside it; for precipitation units (or with
+``wet_threshold``) the wet-pixel frequency bias and the bias of the 99th percentile,
+which show what smoothing does to rain: drizzle everywhere and no heavy tail.
+
 Optionally the same metrics per spatial block and per band (date), figures, and
 thresholds that a pipeline can gate on. The whole rasters are held in memory:
 roughly ``(3 + baselines) x bands x rows x cols x 4`` bytes.
@@ -33,6 +38,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geosr.align import check_coverage, is_aligned, resampling_for
+from geosr.constraints import ValidRange
 from geosr.errors import InputError
 from geosr.evaluate import metrics as M
 from geosr.evaluate.report import SubsetResult, ValidationReport, write_csv, write_json
@@ -40,6 +46,7 @@ from geosr.grid import Grid, native_cell_m
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
 from geosr.sources import LayerSpec, resolve_categorical
+from geosr.units import AMOUNT, RATE, conversion, parse_unit
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +149,10 @@ class ValidateConfig:
         json_path, csv_path: report files to write (never one of the inputs).
         overwrite: replace existing report files.
         js_bins: histogram bins for the Jensen-Shannon divergence.
+        valid_range: range for ``frac_outside_range`` (default: PRED's recorded range).
+        wet_threshold: wet pixels are ``>=`` this, in the field's units (default: 1 mm/day
+            in the field's units when they are precipitation units; else no
+            precipitation metrics).
     """
 
     pred: str
@@ -157,6 +168,8 @@ class ValidateConfig:
     csv_path: Path | None = None
     overwrite: bool = False
     js_bins: int = M.JS_BINS
+    valid_range: ValidRange | None = None
+    wet_threshold: float | None = None
 
 
 def _grid_of(info: RasterInfo) -> Grid:
@@ -312,7 +325,9 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
         n_bands=data.n_bands, n_valid=n_valid, n_valid_pred_truth=n_pt,
         metrics=overall.metrics, baselines=sc.baseline_metrics, skill=overall.skill,
         blocks=tuple(blocks), bands=tuple(bands), factor=data.factor,
-        truth_resampling=data.truth_resampling, units=data.units, plots=plots, broken=broken,
+        truth_resampling=data.truth_resampling, units=data.units,
+        valid_range=str(data.valid_range) if data.valid_range is not None else None,
+        wet_threshold=data.wet_threshold, plots=plots, broken=broken,
         seconds=time.perf_counter() - t0,
     )
     if cfg.json_path is not None:
@@ -327,6 +342,8 @@ def _check_options(cfg: ValidateConfig) -> None:
     _check_outputs(cfg)
     if cfg.blocks < 0:
         raise InputError(f"--blocks {cfg.blocks}: expected 0 (none) or a positive number")
+    if cfg.wet_threshold is not None and not math.isfinite(cfg.wet_threshold):
+        raise InputError(f"--wet-threshold {cfg.wet_threshold}: expected a finite number")
     if cfg.js_bins < 2:
         raise InputError(f"js_bins {cfg.js_bins}: expected at least 2 histogram bins")
     for t in cfg.thresholds:
@@ -355,6 +372,8 @@ class _Aligned:
     aux: np.ndarray | None = None         # (A, H, W)
     aux_categorical: tuple[bool, ...] = ()
     aux_names: tuple[str, ...] = ()
+    valid_range: ValidRange | None = None
+    wet_threshold: float | None = None
 
 
 def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
@@ -385,7 +404,9 @@ def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
         dates=tuple(t or p for t, p in zip(tinfo.dates, pinfo.dates, strict=True)),
         descriptions=tuple(t or p for t, p in zip(tinfo.descriptions, pinfo.descriptions,
                                                   strict=True)),
-        units=pinfo.units[0] or tinfo.units[0])
+        units=pinfo.units[0] or tinfo.units[0],
+        valid_range=cfg.valid_range or pinfo.valid_range)
+    data.wet_threshold = _wet_threshold(cfg.wet_threshold, data.units)
     with gdal_env():
         data.pred = _read(cfg.pred, grid, Resampling.nearest)
         truth_rs = resampling_for(tinfo, grid)
@@ -438,6 +459,9 @@ class _Scorer:
         if self.data.coarse is not None:
             out["conservation_rmse"] = M.conservation_rmse(
                 self.raw[name][sl_fine], self.data.coarse[sl_coarse], self.data.factor)
+        vr = self.data.valid_range
+        out.update(M.physical_metrics(p, t, valid_range=(vr.lo, vr.hi) if vr else None,
+                                      wet_threshold=self.data.wet_threshold))
         return {k: out[k] for k in M.METRICS}
 
     def score(self, sl_fine, sl_coarse, *, scope: str) -> SubsetResult:
@@ -445,6 +469,18 @@ class _Scorer:
         m = self.metrics(p, t, "pred", sl_fine, sl_coarse)
         skill = {k: _skill(m["rmse"], M.rmse(f[sl_fine], t)) for k, f in self.fields.items()}
         return SubsetResult(scope=scope, n_valid=M.valid_count(p, t), metrics=m, skill=skill)
+
+
+def _wet_threshold(given: float | None, units: str) -> float | None:
+    """``given``, else 1 mm/day (a rate) or 1 mm (an amount: daily totals) in ``units``;
+    None for a field that is not precipitation."""
+    if given is not None:
+        return float(given)
+    unit = parse_unit(units)
+    if unit is None or unit.quantity not in (RATE, AMOUNT):
+        return None
+    scale, offset = conversion("mm day-1" if unit.quantity == RATE else "mm", units)
+    return M.WET_DAY_MM * scale + offset
 
 
 def _plan_baselines(cfg: ValidateConfig) -> tuple[Baseline, ...]:

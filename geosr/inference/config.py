@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from geosr.constraints import ValidRange
 from geosr.grid import Bounds
 from geosr.sources import LayerSpec
 from geosr.timerange import TimeRange
@@ -82,6 +83,9 @@ class DownscaleConfig:
         workers: local tile threads (default ``min(4, CPUs)``).
         scheduler: dask scheduler address (``tcp://host:port``) or scheduler-file path.
         conserve: force the conservation correction on/off (None: method default).
+        valid_range: bounds every output pixel is kept in, conserving
+            (:mod:`geosr.constraints`); None: the model's, else the input's CF
+            ``valid_range``, else ``0:`` for precipitation units, else none.
         overwrite: replace existing outputs.
         command: the command line, recorded in the output tags.
         memory_mb: budget for stitch buffers and tiles in flight; bands are processed
@@ -107,6 +111,7 @@ class DownscaleConfig:
     workers: int | None = None
     scheduler: str | None = None
     conserve: bool | None = None
+    valid_range: ValidRange | None = None
     overwrite: bool = False
     command: str = ""
     memory_mb: int = 384

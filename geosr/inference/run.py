@@ -48,6 +48,7 @@ from rasterio.windows import Window
 
 from geosr import __version__
 from geosr.align import check_coverage, grid_crs, is_aligned, plan_grids, resampling_for
+from geosr.constraints import ValidRange, bounded_conserve, clip_to_range, from_units
 from geosr.errors import BundleError, GridError, InputError, ProcessingError
 from geosr.grid import Grid, footprint, native_cell_m
 from geosr.inference.config import (
@@ -78,7 +79,7 @@ from geosr.io.read import (
 from geosr.io.write import check_written, open_stream_writer, translate_to_cog
 from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
 from geosr.timerange import select_bands, subset_info
-from geosr.units import UnitPlan, ValueRange, plan_units
+from geosr.units import UnitPlan, ValueRange, conversion, plan_units
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,8 @@ class _Plan:
     units: UnitPlan | None = None  # with a model: the input's units against the model's
     range_checked: bool = False
     bands: tuple[int, ...] = ()  # the input's 1-based bands, in output order (--time)
+    valid_range: ValidRange | None = None  # in the input's units
+    clipped: int = 0  # coarse values outside valid_range, clipped
 
     def source_bands(self, group: Sequence[int]) -> list[int]:
         """1-based input bands of 0-based output positions."""
@@ -295,6 +298,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         infos = [subset_info(i, list(b)) for i, b in zip(infos, band_lists, strict=True)]
     # Units are checked before any work: a mismatch is an input error, not a late failure.
     unit_plans = [_unit_plan(info, bundle, cfg.model) for info in infos]
+    ranges = [_resolve_range(info, cfg, bundle) for info in infos]
     aux = _resolve_aux(cfg, method, bundle)
     aux_infos = [raster_info(s.path) for s in aux]
     for spec, ainfo in zip(aux, aux_infos, strict=True):
@@ -346,8 +350,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         predictor = Predictor(bundle, device=device, conserve=cfg.conserve)
     tile_px = DEFAULT_TILE_PX[method] if cfg.tile_px is None else cfg.tile_px
     plans = []
-    for info, out, (fine, coarse), up, bands in zip(infos, outs, grids, unit_plans, band_lists,
-                                                    strict=True):
+    for info, out, (fine, coarse), up, bands, valid in zip(infos, outs, grids, unit_plans,
+                                                           band_lists, ranges, strict=True):
         f = fine.width // coarse.width
         if predictor is not None:
             # The coarse encoder gets the network's whole measured halo as extra context
@@ -364,7 +368,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                         METHOD_LABELS[method])
         tiles = plan_tiles(fine.height, fine.width, factor=f, tile_px=tile_px,
                            overlap_px=overlap_px)
-        plans.append(_Plan(info, out, fine, coarse, tiles, units=up, bands=bands))
+        plans.append(_Plan(info, out, fine, coarse, tiles, units=up, bands=bands,
+                           valid_range=valid))
     gpu = device.type == "cuda" or str(cfg.device).startswith("cuda")
     tile_batch = cfg.tile_batch or (8 if gpu else 1)
 
@@ -402,6 +407,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
                          "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,
                          "GEOSR_SOURCE": os.path.abspath(p.info.path)}
+                if p.valid_range is not None:
+                    ptags["GEOSR_VALID_RANGE"] = str(p.valid_range)
                 if p.units is not None and p.units.converts:
                     ptags["GEOSR_UNITS_CONVERTED"] = ",".join(sorted(
                         {f"{u}->{p.units.model_units}"
@@ -524,6 +531,40 @@ def _check_aux_content(spec: LayerSpec, info: RasterInfo) -> None:
                     info.path, float(valid[0]))
 
 
+def _resolve_range(info: RasterInfo, cfg: DownscaleConfig, bundle) -> ValidRange | None:
+    """The valid range of an input's output: ``--valid-range``, else the model's, else the
+    input's CF ``valid_range``, else ``0:`` for precipitation units; an inferred range is
+    said in one line."""
+    if cfg.valid_range is not None:
+        return cfg.valid_range
+    where = f"COARSE {info.path}"
+    units = next((u for u in info.units if u), "")
+    model_range = getattr(bundle, "valid_range", None)
+    if model_range is not None:
+        # The model's range is in its units; the output is in the input's.
+        conv = conversion(bundle.units, units) if units else None
+        found = model_range.affine(*conv) if conv else model_range
+        log.info("%s: valid range %s (from model %s); pass --valid-range to change it", where,
+                 found, cfg.model)
+        return found
+    found, source = info.valid_range, "its CF valid_range"
+    if found is None:
+        units = units or getattr(bundle, "units", "") or ""
+        found, source = from_units(units), f"units {units}"
+    if found is not None:
+        log.warning("%s: valid range %s (from %s); pass --valid-range to change it", where,
+                    found, source)
+    return found
+
+
+def _range_tags(valid: ValidRange | None) -> dict[str, str]:
+    """CF ``valid_min``/``valid_max`` band tags of a range (an open side is left out)."""
+    if valid is None:
+        return {}
+    lo, hi = valid.as_tuple()
+    return {k: f"{v:.9g}" for k, v in (("valid_min", lo), ("valid_max", hi)) if v is not None}
+
+
 def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpec, ...]:
     if bundle is not None:
         specs = getattr(bundle, "aux", None)
@@ -592,6 +633,7 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                     if bundle is not None else "")
                 for b in range(n_bands):
                     band_tags = {"long_name": long_name} if long_name else {}
+                    band_tags.update(_range_tags(p.valid_range))
                     if b < len(info.dates) and info.dates[b]:
                         band_tags["DATE_TIME"] = info.dates[b]
                     if band_tags:
@@ -638,6 +680,11 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     info, fine, plan = p.info, p.fine, p.tiles
     name = Path(p.out).name
     coarse = crd.read(None, p.source_bands(group))
+    if p.valid_range is not None:  # in the input's units, before any conversion
+        p.clipped += clip_to_range(coarse, p.valid_range)
+        if group[-1] == info.count - 1 and p.clipped:
+            log.warning("COARSE %s: %d coarse value(s) outside the valid range %s, clipped to "
+                        "it", info.path, p.clipped, p.valid_range)
     if p.units is not None:  # the model sees its own units; _flush converts back
         p.units.to_model(coarse, group)
         if not p.range_checked:  # once per input: the first group holds most bands
@@ -670,16 +717,20 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
         if tiles[-1].col == plan.cols.count - 1:
             _flush(stitch.finish_row(), writer, coarse, plan.factor, conserve,
                    back=(lambda arr: p.units.from_model(arr, group))
-                   if p.units is not None and p.units.converts else None)
+                   if p.units is not None and p.units.converts else None,
+                   valid=p.valid_range)
     writer.close()
     return done
 
 
 def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse: np.ndarray,
-           f: int, conserve: bool, back: Callable[[np.ndarray], Any] | None = None) -> None:
-    """Conserve, convert back to the input's units (``back``, in place) and mask the
-    completed rows, then write them. Conservation runs in the units of ``coarse`` (the
-    model's); an affine map of a conserved field is conserved against the mapped field."""
+           f: int, conserve: bool, back: Callable[[np.ndarray], Any] | None = None,
+           valid: ValidRange | None = None) -> None:
+    """Conserve, convert back to the input's units (``back``, in place), keep the valid
+    range and mask the completed rows, then write them. Conservation runs in the units of
+    ``coarse`` (the model's); an affine map of a conserved field is conserved against the
+    mapped field. The range is kept in the input's units: clipped and conserved again
+    (:func:`geosr.constraints.bounded_conserve`), or only clipped without ``conserve``."""
     if done is None:
         return
     top, arr = done
@@ -689,6 +740,14 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
         arr = _conserve_rows(arr, rows, f)
     if back is not None:
         back(arr)
+    if valid is not None:
+        if conserve:
+            if back is not None:
+                rows = rows.copy()
+                back(rows)
+            bounded_conserve(arr, rows, f, valid.lo, valid.hi)
+        else:
+            clip_to_range(arr, valid)
     writer.write(top, _mask_nodata(arr, rows, f))
 
 

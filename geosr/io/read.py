@@ -31,6 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geosr.constraints import ValidRange, from_cf
 from geosr.errors import (
     GridError,
     RasterReadError,
@@ -117,6 +118,9 @@ class RasterInfo:
         variable: the NetCDF variable's name ('' for other formats).
         transform: the source's own pixel-to-CRS transform.
         packed: whether bands carry a scale/offset (values are ``raw * scale + offset``).
+        valid_range: band 1's CF ``valid_range`` (or ``valid_min``/``valid_max``) in
+            unpacked values, else a geosr output's ``GEOSR_VALID_RANGE``; None when not
+            declared.
     """
 
     path: str
@@ -135,6 +139,7 @@ class RasterInfo:
     variable: str = ""
     transform: rasterio.Affine | None = None
     packed: bool = False
+    valid_range: ValidRange | None = None
 
     @property
     def north_up(self) -> bool:
@@ -284,7 +289,18 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
             nodata=src.nodata, units=units, dates=dates, descriptions=desc,
             long_names=long_names, variable=band_tags[0].get("NETCDF_VARNAME", ""),
             transform=t, packed=_is_packed(src),
+            valid_range=from_cf(band_tags[0], scale=src.scales[0], offset=src.offsets[0])
+            or _geosr_range(src.tags()),
         )
+
+
+def _geosr_range(tags: dict) -> ValidRange | None:
+    """The range a geosr output records in its ``GEOSR_VALID_RANGE`` tag, if any."""
+    text = tags.get("GEOSR_VALID_RANGE")
+    try:
+        return ValidRange.parse(text) if text else None
+    except ValueError:
+        return None
 
 
 def _is_packed(src: rasterio.DatasetReader) -> bool:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosr import __version__
+from geosr.constraints import ValidRange
 from geosr.errors import BundleError
 from geosr.io.atomic import atomic_path
 from geosr.units import ValueRange
@@ -135,6 +136,8 @@ class Bundle:
         coarse_stats: ``{"min", "max", "mean", "std"}`` of the coarse training input in
             :attr:`units` (empty in bundles written before geosr recorded it; see
             :meth:`training_range`).
+        valid_range: the variable's valid range in :attr:`units`, the default of
+            ``downscale --valid-range`` (None when not recorded, as in older bundles).
     """
 
     config: NetConfig
@@ -151,6 +154,7 @@ class Bundle:
     halo_coarse: int = 0
     decode_halo: int = 0
     coarse_stats: dict = field(default_factory=dict)
+    valid_range: ValidRange | None = None
 
     @property
     def aux_names(self) -> tuple[str, ...]:
@@ -225,7 +229,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
                 config: NetConfig | None = None, aux: tuple[AuxChannelSpec, ...] = (),
                 factor: int | None = None, res_m: float | None = None, variable: str = "",
                 units: str = "", norm: dict | None = None, training: dict | None = None,
-                state_dict: dict | None = None, coarse_stats: dict | None = None) -> Bundle:
+                state_dict: dict | None = None, coarse_stats: dict | None = None,
+                valid_range: ValidRange | None = None) -> Bundle:
     """Write a bundle atomically and return it with its hash and version filled in.
 
     Give either an existing ``bundle`` (re-save; its hash and version are recomputed) or
@@ -236,8 +241,10 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         bundle: a bundle to write instead of the keyword fields.
         overwrite: replace an existing file.
         config, aux, factor, res_m, variable, units, norm, training, state_dict,
-            coarse_stats: see :class:`Bundle`. Units and ``coarse_stats`` are outside the
-            content hash: they describe the model's inputs, not what it computes from them.
+            coarse_stats, valid_range: see :class:`Bundle`. Units, ``coarse_stats`` and
+            ``valid_range`` are outside the content hash: they describe the variable and
+            the model's inputs, not what the network computes from them (the range is
+            applied after it, and each output records the range it used).
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -249,7 +256,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         config, aux, factor, res_m = bundle.config, bundle.aux, bundle.factor, bundle.res_m
         variable, units, norm = bundle.variable, bundle.units, bundle.norm
         training, state_dict = bundle.training, bundle.state_dict
-        coarse_stats = bundle.coarse_stats
+        coarse_stats, valid_range = bundle.coarse_stats, bundle.valid_range
     if config is None or factor is None or res_m is None or norm is None or state_dict is None:
         raise BundleError(f"{path}: cannot save a bundle without config, factor, res_m, norm "
                           "and state_dict")
@@ -267,6 +274,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         "channels": channel_layout(aux), "halo_coarse": halo,
         "decode_halo": decode_halo, "halo_method": HALO_METHOD,
         "coarse_stats": dict(coarse_stats or {}),
+        "valid_range": str(valid_range) if valid_range is not None else None,
     }
     try:
         meta_json = json.dumps(meta, default=_json_default, allow_nan=True)
@@ -279,7 +287,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     return Bundle(config=config, aux=aux, factor=int(factor), res_m=float(res_m),
                   variable=variable, units=units, norm=norm, training=dict(training or {}),
                   geosr_version=__version__, sha256=sha, state_dict=state, halo_coarse=halo,
-                  decode_halo=decode_halo, coarse_stats=dict(coarse_stats or {}))
+                  decode_halo=decode_halo, coarse_stats=dict(coarse_stats or {}),
+                  valid_range=valid_range)
 
 
 def config_from_dict(d: dict, *, where: str) -> NetConfig:
@@ -338,6 +347,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                         geosr_version=str(meta.get("geosr_version", "")),
                         sha256=str(meta["sha256"]), state_dict=state,
                         coarse_stats=_coarse_stats(meta.get("coarse_stats")),
+                        valid_range=_valid_range(meta.get("valid_range"), where=str(path)),
                         **_stored_halos(meta))
     except BundleError:
         raise
@@ -397,6 +407,17 @@ def _coarse_stats(d) -> dict:
         return {k: float(d[k]) for k in ("min", "max", "mean", "std") if k in d}
     except (TypeError, ValueError):
         return {}
+
+
+def _valid_range(text, *, where: str) -> ValidRange | None:
+    """The recorded ``MIN:MAX`` range; None when absent (older bundles)."""
+    if not text:
+        return None
+    try:
+        return ValidRange.parse(str(text))
+    except ValueError as e:
+        raise BundleError(f"{where}: recorded valid range {text!r} is invalid ({e}); expected "
+                          "a file written by `geosr train`") from e
 
 
 def _stored_halos(meta: dict) -> dict[str, int]:

@@ -663,7 +663,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                              factor=manifest.factor, res_m=manifest.res_m,
                              variable=manifest.variable, units=manifest.units, norm=norm,
                              training=final_summary, state_dict=best_state,
-                             coarse_stats=_coarse_stats(manifest))
+                             coarse_stats=_coarse_stats(manifest),
+                             valid_range=manifest.valid_range)
     return TrainResult(out=out, bundle=bundle, history=history, best_epoch=best_epoch,
                        best=best, seconds=time.perf_counter() - t_start, stopped=stopped,
                        checkpoint=ckpt_path, log_csv=csv_path, log_json=json_path,
