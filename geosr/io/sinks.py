@@ -20,7 +20,9 @@ CF layout of the NetCDF and Zarr outputs (the same for both)::
 dimension is ``band`` (1-based), with the dates, where there are any, as a ``date``
 string coordinate along it (e.g. ``2000-02-30`` of a 360-day calendar). Dates of a
 non-standard calendar that are also valid Gregorian dates (noleap, 360_day most days)
-are written as proleptic Gregorian dates with the same label.
+are written as proleptic Gregorian dates with the same label. The run's provenance tags
+become global attributes; per-band tags (the sharpening fit of each band) stay in the
+COG only.
 """
 
 from __future__ import annotations
