@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import geosr.inference.engine as engine
 import geosr.inference.run as ds
+import geosr.io.sinks
 from geosr.align import block_mean
 from geosr.baselines import sharpen, upsample
 from geosr.cli import app
@@ -597,7 +598,7 @@ def test_failure_while_writing_the_cog_leaves_nothing(scene, tmp_path, monkeypat
         Path(dst_path).write_bytes(b"half a COG")
         raise ProcessingError(f"{dst_path}: COG writing failed (No space left on device)")
 
-    monkeypatch.setattr(ds, "translate_to_cog", broken)
+    monkeypatch.setattr(geosr.io.sinks, "translate_to_cog", broken)
     out = tmp_path / "o.tif"
     r = runner.invoke(app, ["downscale", str(scene["coarse"]), "--aux", str(scene["aux"]),
                             "-o", str(out), "--tile", "256"])

@@ -56,7 +56,8 @@ def downscale_cmd(
                                        "rasters are detected); several after one flag. "
                                        "With --model they are matched to the model's aux "
                                        "by name, else by order."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output COG (one input only)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output (one input only), format by "
+                             "extension: .tif COG, .nc CF NetCDF, .zarr Zarr store."),
     out_dir: Path = typer.Option(None, "--out-dir", help="Output folder (default: beside each "
                                  "input, named <stem>_<res>m.tif)."),
     model: str = typer.Option(None, "--model", "-m", help="Model bundle file, or the name of a "
@@ -100,7 +101,8 @@ def downscale_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Downscale coarse rasters onto the fine grid, guided by aux rasters; writes COGs."""
+    """Downscale coarse rasters onto the fine grid, guided by aux rasters; writes COGs
+    (or NetCDF / Zarr by the -o extension)."""
     cfg = DownscaleConfig(
         coarse=tuple(coarse), aux=parse_layers(aux or ()), out=out, out_dir=out_dir,
         model=model, method=method, res_m=res, factor=factor, crs=crs,

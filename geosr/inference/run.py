@@ -1,4 +1,5 @@
-"""``geosr downscale``: streaming tiled inference onto the fine grid, written as a COG.
+"""``geosr downscale``: streaming tiled inference onto the fine grid, written as a COG,
+a CF NetCDF file or a Zarr store (by the output's extension, :mod:`geosr.io.sinks`).
 
 Data path, per coarse input: plan the grids exactly as ``prepare`` does
 (:func:`geosr.align.plan_grids`); read the coarse field onto the coarse grid with
@@ -10,7 +11,8 @@ whole grid, so that no tile fills it differently; then, tile by tile
 predict, blend the overlapping tiles with weights that sum to 1, apply the
 per-coarse-cell conservation correction and the nodata mask to the completed rows, and
 write them to a temporary GeoTIFF. The GeoTIFF is then copied to
-a Cloud-Optimized GeoTIFF beside the final name and renamed into place. Memory
+the output format (a Cloud-Optimized GeoTIFF, or a NetCDF/Zarr copy streamed a chunk row
+at a time) beside the final name and renamed into place. Memory
 therefore follows the tile size and the grid width, not the raster size; bands (time
 steps) go through in groups of a bounded size and the COG of many bands is
 band-interleaved (:func:`geosr.io.translate_to_cog`), so it does not follow the band
@@ -66,7 +68,7 @@ from geosr.inference.config import (
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
-from geosr.io.atomic import TMP_TAG, atomic_path, check_not_input, check_output_file
+from geosr.io.atomic import TMP_TAG, check_not_input
 from geosr.io.read import (
     AlignedReader,
     OnGridReader,
@@ -76,7 +78,8 @@ from geosr.io.read import (
     gdal_env,
     raster_info,
 )
-from geosr.io.write import check_written, open_stream_writer, translate_to_cog
+from geosr.io.sinks import atomic_output, check_output, output_format, stage_path, write_output
+from geosr.io.write import check_written, open_stream_writer
 from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
 from geosr.timerange import select_bands, subset_info
 from geosr.units import UnitPlan, ValueRange, conversion, plan_units
@@ -91,10 +94,6 @@ STAGE_BLOCK_ROWS = 32  # rows of the stage file's blocks (the writer holds back 
 # sample of row strips (a few coefficients need far fewer cells; reading all of a
 # 16k x 16k aux twice would cost as much as the tiles themselves).
 FIT_MAX_CELLS = 250_000
-
-
-# libdeflate level 1 takes half the time of the default 6 for ~1-2 % larger float32 COGs.
-COG_DEFLATE_LEVEL = 1
 
 
 # Bands processed together, at most. Beyond a few dozen the per-group costs (aux windows
@@ -260,7 +259,8 @@ class _Plan:
 
 
 def downscale(cfg: DownscaleConfig, *, progress: Progress | None = None) -> DownscaleResult:
-    """Downscale each coarse input onto the fine grid and write one COG per input.
+    """Downscale each coarse input onto the fine grid and write one output per input
+    (COG, NetCDF or Zarr by the extension of ``cfg.out``; COG for default names).
 
     See :class:`DownscaleConfig` for the options and the module docstring for the data
     path. Outputs are checked up front (an existing output without ``overwrite`` fails
@@ -279,6 +279,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                          "use --out-dir DIR for several inputs")
     if cfg.out is not None and cfg.out_dir is not None:
         raise InputError("-o and --out-dir both given; expected one of them")
+    if cfg.out is not None:
+        output_format(cfg.out)  # an unknown extension fails before any work
     method = _resolve_method(cfg)
     conserve = CONSERVE_DEFAULT[method] if cfg.conserve is None else bool(cfg.conserve)
 
@@ -318,7 +320,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             raise InputError(f"{seen[key]} and {info.path} would both be written to {out}; "
                              "rename one input or run them separately")
         seen[key] = info.path
-        check_output_file(out, overwrite=cfg.overwrite)
+        check_output(out, overwrite=cfg.overwrite)
 
     grids = []
     for info in infos:
@@ -620,9 +622,10 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     done = 0
     if progress:
         progress(name, 0, total)
-    with atomic_path(p.out, overwrite=overwrite) as tmp_cog:
-        tmp_tif = tmp_cog.with_name(f"{tmp_cog.stem}-stage.tif")
-        if TMP_TAG not in tmp_tif.name:  # pragma: no cover - atomic_path names carry the tag
+    fmt = output_format(p.out)
+    with atomic_output(p.out, overwrite=overwrite) as tmp_out:
+        tmp_tif = stage_path(tmp_out)
+        if TMP_TAG not in tmp_tif.name:  # pragma: no cover - temporary names carry the tag
             raise ProcessingError(f"{tmp_tif}: temporary name lacks {TMP_TAG}")
         try:
             dst = open_stream_writer(tmp_tif, fine, n_bands, block_rows=STAGE_BLOCK_ROWS,
@@ -649,13 +652,15 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                 dst.close()
             check_written(tmp_tif)  # GDAL may close a file it failed to write
             t2 = time.perf_counter()
+            step = f"{name} ({fmt.label})"
             if progress:
-                progress(f"{name} (COG)", 0, 1)
-            translate_to_cog(tmp_tif, tmp_cog, LEVEL=COG_DEFLATE_LEVEL)
-            log.debug("%s: fit %.1f s, tiles %.1f s, COG %.1f s", name, t1 - t0, t2 - t1,
-                      time.perf_counter() - t2)
+                progress(step, 0, 1)
+            write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
+                         progress=(lambda i, n: progress(step, i, n)) if progress else None)
+            log.debug("%s: fit %.1f s, tiles %.1f s, %s %.1f s", name, t1 - t0, t2 - t1,
+                      fmt.label, time.perf_counter() - t2)
             if progress:
-                progress(f"{name} (COG)", 1, 1)
+                progress(step, 1, 1)
         finally:
             for path in (tmp_tif, Path(f"{tmp_tif}.aux.xml")):
                 with contextlib.suppress(FileNotFoundError):

@@ -38,6 +38,16 @@ def _check_parent(final: Path) -> None:
         raise InputError(f"{final}: output folder {parent} is not writable; choose another")
 
 
+def _raise_naming_final(e: ProcessingError, tmp: Path, final: Path) -> None:
+    """Re-raise ``e`` naming the user's output, not the temporary one (or its siblings,
+    any name starting with ``tmp``) that is gone now."""
+    names_tmp = re.compile(re.escape(str(tmp)) + r"[^\s:;,()]*")
+    if not names_tmp.search(str(e)):
+        raise e
+    raise ProcessingError(f"{names_tmp.sub(str(final), str(e))}; nothing was left under "
+                          "that name") from e
+
+
 def check_output_file(final: str | os.PathLike, *, overwrite: bool) -> Path:
     """Fail early (before any work) when ``final`` cannot or must not be written."""
     final = Path(final)
@@ -103,12 +113,7 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
             )
         os.replace(tmp, final)
     except ProcessingError as e:
-        # Name the user's file, not the temporary one (or its siblings) that is gone now.
-        names_tmp = re.compile(re.escape(str(tmp.with_suffix(""))) + r"[^\s:;,()]*")
-        if not names_tmp.search(str(e)):
-            raise
-        raise ProcessingError(f"{names_tmp.sub(str(final), str(e))}; nothing was left under "
-                              "that name") from e
+        _raise_naming_final(e, tmp.with_suffix(""), final)
     except OSError as e:
         if isinstance(e, GeosrError):
             raise
@@ -146,6 +151,8 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except ProcessingError as e:
+        _raise_naming_final(e, tmp, final)
     except OSError as e:
         if isinstance(e, GeosrError):
             raise
