@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import distance
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 
 SSIM_SIGMA = 1.5
 """Gaussian window of SSIM (Wang et al. 2004): sigma 1.5 px, truncated to 11 x 11."""
