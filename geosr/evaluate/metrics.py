@@ -371,8 +371,8 @@ PAIR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 
 
 def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | None = None,
-                factor: int | None = None, fine_for_conservation: np.ndarray | None = None
-                ) -> dict[str, float]:
+                factor: int | None = None, fine_for_conservation: np.ndarray | None = None,
+                js_bins: int = JS_BINS) -> dict[str, float]:
     """Every metric of :data:`METRICS`, in order; ``conservation_rmse`` is NaN without ``coarse``.
 
     Args:
@@ -382,8 +382,10 @@ def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | Non
         fine_for_conservation: the fine field to aggregate (default ``pred``); pass the
             prediction *before* masking by the truth, since conservation concerns the
             prediction alone.
+        js_bins: histogram bins of the Jensen-Shannon divergence.
     """
-    out = {k: fn(pred, truth) for k, fn in PAIR_METRICS.items()}
+    out = {k: fn(pred, truth) for k, fn in PAIR_METRICS.items() if k != "js_divergence"}
+    out["js_divergence"] = js_divergence(pred, truth, bins=js_bins)
     if coarse is not None and factor:
         fine = pred if fine_for_conservation is None else fine_for_conservation
         out["conservation_rmse"] = conservation_rmse(fine, coarse, factor)
