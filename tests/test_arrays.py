@@ -221,15 +221,3 @@ def test_fill_nearest_leaves_its_input_alone():
     np.testing.assert_array_equal(out, np.ones((2, 2)))
     assert np.isnan(a).sum() == 3
     assert fill_nearest(np.empty((0, 3, 3), np.float32)).shape == (0, 3, 3)
-
-
-def test_module_is_pure():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = ("import sys, geosr.arrays; bad = {'rasterio', 'torch', 'typer', 'rich'} & "
-            "set(sys.modules); print(sorted(bad)); sys.exit(bool(bad))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert res.returncode == 0, res.stdout + res.stderr

@@ -35,7 +35,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -74,8 +73,8 @@ from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
 from geosr.io.atomic import TMP_TAG, atomic_path, check_output_file
 from geosr.io.read import (
     AlignedReader,
-    OnGridReader,
     RasterInfo,
+    ReaderCache,
     container_file,
     gdal_env,
     raster_info,
@@ -706,24 +705,12 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     if max_cells and cells > max_cells:
         k = math.ceil(cells / max_cells)
         starts = starts[k // 2::k] or starts[:1]
-    local = threading.local()
-    opened: list = []
-    lock = threading.Lock()
+    # On the fine grid as the tiles read it, or averaged onto the coarse grid by GDAL.
+    grid, rs = (fine, resampling) if on_grid or categorical else (coarse, Resampling.average)
+    readers = ReaderCache()
 
     def reader():
-        rd = getattr(local, "rd", None)
-        if rd is None:
-            if on_grid:
-                rd = OnGridReader(path, fine)
-            elif categorical:
-                rd = AlignedReader(path, fine, resampling)
-            else:
-                rd = AlignedReader(path, coarse, Resampling.average)
-            rd = rd.__enter__()
-            local.rd = rd
-            with lock:
-                opened.append(rd)
-        return rd
+        return readers.get(path, grid, rs)
 
     col_step = max(1, 1024 // f)  # coarse columns per read: bounded temporaries
 
@@ -752,8 +739,7 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             parts = [p for strip_parts in pool.map(strip, starts) for p in strip_parts]
     finally:
-        for rd in opened:
-            rd.__exit__(None, None, None)
+        readers.close()
     if not categorical:
         out = np.full((1, coarse.height, coarse.width), np.nan, np.float32)
         for r0, c0, mean in parts:
