@@ -18,6 +18,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from geosr.arrays import block_mean  # noqa: F401 - still importable from here
 from geosr.dataset.manifest import LayerStats
 from geosr.errors import GridError
 from geosr.grid import (
@@ -297,27 +298,6 @@ def iter_windows(grid: Grid, block_px: int) -> Iterator[Window]:
         for col in range(0, grid.width, block_px):
             yield Window(col, row, min(block_px, grid.width - col),
                          min(block_px, grid.height - row))
-
-
-def block_mean(fine: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of the valid (non-NaN) cells in each ``factor x factor`` block.
-
-    Args:
-        fine: array ``(..., H, W)`` with ``H`` and ``W`` multiples of ``factor``.
-
-    Returns:
-        ``(..., H // factor, W // factor)`` float32; NaN where a block has no valid cell.
-    """
-    *lead, h, w = fine.shape
-    if h % factor or w % factor:
-        raise ValueError(f"block_mean: shape {fine.shape} is not a multiple of factor {factor}")
-    blocks = fine.reshape(*lead, h // factor, factor, w // factor, factor).astype(np.float64)
-    valid = np.isfinite(blocks)
-    total = np.where(valid, blocks, 0.0).sum(axis=(-3, -1))
-    count = valid.sum(axis=(-3, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return out.astype(np.float32)
 
 
 class RunningStats:

@@ -24,6 +24,8 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
+from geosr.arrays import block_mean, conserve_blocks, fill_nearest, mask_nodata_blocks
+
 log = logging.getLogger(__name__)
 
 
@@ -33,15 +35,6 @@ class Interp(str, Enum):
     nearest = "nearest"
     bilinear = "bilinear"
     bicubic = "bicubic"
-
-
-def fill_nearest(arr: np.ndarray) -> np.ndarray:
-    """Replace NaN cells of a 2-D array by their nearest valid cell (all-NaN stays NaN)."""
-    invalid = ~np.isfinite(arr)
-    if not invalid.any() or invalid.all():
-        return arr.copy()
-    idx = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
-    return arr[tuple(idx)]
 
 
 def upsample(coarse: np.ndarray, factor: int, method: str | Interp = Interp.bicubic) -> np.ndarray:
@@ -64,7 +57,7 @@ def upsample(coarse: np.ndarray, factor: int, method: str | Interp = Interp.bicu
     lead = coarse.shape[:-2]
     h, w = coarse.shape[-2:]
     flat = coarse.reshape(-1, h, w).astype(np.float32)
-    filled = np.stack([fill_nearest(a) for a in flat]) if flat.size else flat
+    filled = fill_nearest(flat)
     t = torch.from_numpy(np.nan_to_num(filled, nan=0.0))[:, None]
     if method is Interp.nearest:
         out = t.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
@@ -75,10 +68,7 @@ def upsample(coarse: np.ndarray, factor: int, method: str | Interp = Interp.bicu
         tp = F.pad(t, (pad, pad, pad, pad), mode="replicate")
         out = F.interpolate(tp, scale_factor=factor, mode=method.value, align_corners=False)
         out = out[..., pad * factor:(pad + h) * factor, pad * factor:(pad + w) * factor]
-    out = out[:, 0].numpy().astype(np.float32)
-    nan_cells = ~np.isfinite(flat)
-    if nan_cells.any():
-        out[np.repeat(np.repeat(nan_cells, factor, -2), factor, -1)] = np.nan
+    out = mask_nodata_blocks(out[:, 0].numpy().astype(np.float32), flat, factor)
     return out.reshape(*lead, h * factor, w * factor)
 
 
@@ -188,12 +178,12 @@ def coarse_layers(aux_fine: np.ndarray, factor: int, *,
     for k in range(n):
         a = aux_fine[k]
         if not categorical[k]:
-            out.append(CoarseLayer(names[k], block_mean_valid(a[None], factor)))
+            out.append(CoarseLayer(names[k], block_mean(a[None], factor)))
             continue
         values, counts = np.unique(a[np.isfinite(a)], return_counts=True)
         check_class_count(values.size, names[k])
         classes = preselect_classes(values, counts)
-        shares = np.stack([block_mean_valid(_column(SharpenTerm(0, float(v)), a[None]), factor)
+        shares = np.stack([block_mean(_column(SharpenTerm(0, float(v)), a[None]), factor)
                            for v in classes]) if classes.size \
             else np.empty((0, a.shape[0] // factor, a.shape[1] // factor), np.float32)
         out.append(CoarseLayer(names[k], shares, tuple(float(v) for v in classes)))
@@ -261,7 +251,7 @@ class SharpenFit:
         for t, c in zip(self.terms, self.coef, strict=True):
             x = _column(t, aux)
             fine += c * x
-            coarse += c * block_mean_valid(x, factor)
+            coarse += c * block_mean(x, factor)
         return fine.astype(np.float32), coarse.astype(np.float32)
 
     def describe(self) -> str:
@@ -423,25 +413,6 @@ def fit_sharpen(coarse: np.ndarray, aux_coarse: np.ndarray | Sequence[CoarseLaye
                       reference=tuple(reference), class_p=class_p)
 
 
-def block_mean_valid(fine: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over valid cells of each ``factor x factor`` block; NaN for empty blocks."""
-    from geosr.align import block_mean
-
-    return block_mean(fine, factor)
-
-
-def conserve_blocks(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
-    """Add a per-coarse-cell constant so that each block's valid mean equals ``coarse``.
-
-    Blocks whose coarse value or all fine cells are NaN are left unchanged.
-    """
-    mean = block_mean_valid(fine, factor)
-    delta = coarse.astype(np.float64) - mean
-    delta[~np.isfinite(delta)] = 0.0
-    up = np.repeat(np.repeat(delta, factor, -2), factor, -1)
-    return (fine + up).astype(np.float32)
-
-
 def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarray, factor: int,
                  *, conserve: bool = True, interp: str | Interp = Interp.bilinear) -> np.ndarray:
     """Regression sharpening of one window.
@@ -472,9 +443,10 @@ def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarr
         fine = np.where(np.isfinite(fine), fine, plain)
     else:
         fine = upsample(coarse_win, factor, interp)
+    fine = np.ascontiguousarray(fine, dtype=np.float32)
     if conserve:
-        fine = conserve_blocks(fine, coarse_win, factor)
-    return fine.astype(np.float32)
+        conserve_blocks(fine, coarse_win, factor)
+    return fine
 
 
 def sharpen(coarse: np.ndarray, aux_fine: np.ndarray, factor: int, *,

@@ -18,7 +18,7 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.grid import Grid
 from geosr.io.write import open_writer
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.baselines import fit_sharpen, sharpen, sharpen_tile, upsample
 
 

@@ -248,6 +248,29 @@ def test_unknown_architecture_field_asks_for_upgrade(bundle_path):
         load_bundle(bundle_path)
 
 
+def test_bundle_from_before_aux_gain_loads_without_it(tmp_path):
+    """A bundle written before ``aux_gain`` existed stores no such field and was hashed
+    without it; it loads with the gain path off, as it was trained, and passes its hash."""
+    from geosr.model.bundle import content_hash
+
+    saved, model = write_bundle(tmp_path / "new.geosr", config=tiny_config(aux_gain=False))
+    payload = torch.load(tmp_path / "new.geosr", weights_only=True)
+    meta = json.loads(payload["meta"])
+    del meta["config"]["aux_gain"]
+    meta["sha256"] = content_hash(payload["state_dict"], {
+        k: meta[k] for k in ("config", "aux", "factor", "res_m", "norm")})
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "old.geosr")
+
+    old = load_bundle(tmp_path / "old.geosr")
+    assert old.config.aux_gain is False and old.config == saved.config
+    assert old.sha256 == meta["sha256"]
+    x, a = torch.randn(1, 1, 3, 3), torch.randn(1, 4, 3 * F, 3 * F)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(old.build_model()(x, a), model(x, a))
+
+
 def test_cli_corrupt_model_exits_2_with_one_line(tmp_path):
     from conftest import write_raster
 

@@ -14,7 +14,7 @@ from conftest import terrain, write_raster
 from scipy import ndimage
 
 from geosr import baselines as B
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.cli.options import parse_layer, parse_layers
 from geosr.dataset.manifest import read_manifest
 from geosr.dataset.prepare import PrepareConfig, prepare

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import geosr.inference.engine as engine
 import geosr.inference.run as ds
 import geosr.io.sinks
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.baselines import sharpen, upsample
 from geosr.cli import app
 from geosr.cli.options import parse_layers
@@ -751,20 +751,6 @@ def test_block_row_writer_writes_whole_block_rows_once(height, chunks, block):
     np.testing.assert_array_equal(dst.data[[0, 2]], full)
     for r, h in dst.windows:
         assert r % block == 0 and (h == block or r + h == height)
-
-
-def test_conserve_rows_matches_baselines():
-    from geosr.baselines import conserve_blocks
-
-    rng = np.random.default_rng(2)
-    fine = rng.normal(10, 2, size=(2, 7 * F, 9 * F)).astype(np.float32)
-    fine[0, 3:20, 5:30] = np.nan
-    coarse = rng.normal(10, 2, size=(2, 7, 9)).astype(np.float32)
-    coarse[1, 2, 3] = np.nan
-    want = np.stack([conserve_blocks(fine[b], coarse[b], F) for b in range(2)])
-    got = ds._conserve_rows(fine.copy(), coarse, F, chunk_rows=3)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    assert np.array_equal(np.isnan(got), np.isnan(want))
 
 
 def test_on_grid_reader_matches_the_warper(scene):

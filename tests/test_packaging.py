@@ -34,6 +34,9 @@ def test_shipped_models_install_with_a_plain_pip_install(tmp_path):
          str(ROOT)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp_path / "w").glob("geosr-*.whl"))
+    from geosr import __version__
+
+    assert wheel.name.startswith(f"geosr-{__version__}-")  # the dynamic version
     names = set(zipfile.ZipFile(wheel).namelist())
     for rel in shipped:
         assert f"geosr/shipped_models/{rel}" in names
@@ -52,3 +55,22 @@ def test_shipped_models_install_with_a_plain_pip_install(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     module, path, _ = run.stdout.splitlines()
     assert module.startswith(str(target)) and path.startswith(str(target))
+
+
+def test_version_has_one_source(tmp_path):
+    """pyproject takes the version from geosr.__version__; it states none of its own."""
+    import shutil
+
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    import geosr
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in cfg["project"] and "version" in cfg["project"]["dynamic"]
+    assert cfg["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "geosr.__version__"}
+    assert read_configuration(ROOT / "pyproject.toml")["project"]["version"] == geosr.__version__
+    # setuptools reads it from the file (statically): another value there is the version
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "geosr").mkdir()
+    (tmp_path / "geosr" / "__init__.py").write_text('__version__ = "9.8.7"\n')
+    assert read_configuration(tmp_path / "pyproject.toml")["project"]["version"] == "9.8.7"

@@ -6,7 +6,7 @@ import rasterio
 from conftest import terrain, write_raster
 from typer.testing import CliRunner
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.cli import app
 from geosr.cli.options import parse_layer
 from geosr.dataset.manifest import read_manifest

@@ -1,6 +1,6 @@
 import numpy as np
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 from geosr.io.read import read_full
 from geosr.sample_data import write_sample_scene
 

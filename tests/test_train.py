@@ -378,9 +378,10 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
         pytest.skip("../shared/data/real is not available")
     from rasterio.windows import Window
 
+    from geosr.arrays import fill_nearest
     from geosr.dataset.prepare import PrepareConfig, prepare
     from geosr.model.bundle import AuxChannelSpec
-    from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
+    from geosr.model.predictor import encode_aux, encode_coarse
     from geosr.nn import Generator, NetConfig
     from geosr.sources import LayerSpec
     from geosr.training.data import Split
@@ -408,7 +409,7 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
         batch = read_batch(rd, plan, np.array([alpine]), f)
     norm = _norm(m)
     spec = (AuxChannelSpec("dem", mean=m.aux[0].stats.mean, std=m.aux[0].stats.std),)
-    xc = encode_coarse(torch.from_numpy(fill_coarse(batch.coarse))[:, None], norm)
+    xc = encode_coarse(torch.from_numpy(fill_nearest(batch.coarse))[:, None], norm)
     xa = encode_aux(torch.from_numpy(batch.aux), spec)
     tgt = torch.from_numpy(batch.target)[:, None]
     mask = torch.isfinite(tgt)

@@ -20,12 +20,12 @@ from rasterio.windows import Window
 from geosr import __version__
 from geosr.align import (
     RunningStats,
-    block_mean,
     check_coverage,
     iter_windows,
     plan_grids,
     resampling_for,
 )
+from geosr.arrays import block_mean
 from geosr.constraints import ValidRange, from_units
 from geosr.dataset.manifest import Layer, Manifest, Sample
 from geosr.errors import GridError, InputError

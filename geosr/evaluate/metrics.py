@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import distance
 
-from geosr.align import block_mean
+from geosr.arrays import block_mean
 
 SSIM_SIGMA = 1.5
 """Gaussian window of SSIM (Wang et al. 2004): sigma 1.5 px, truncated to 11 x 11."""
@@ -420,7 +420,8 @@ CONTEXT_METRICS = ("conservation_rmse", "frac_outside_range", "wet_day_freq_bias
 def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | None = None,
                 factor: int | None = None, fine_for_conservation: np.ndarray | None = None,
                 valid_range: tuple[float, float] | None = None,
-                wet_threshold: float | None = None) -> dict[str, float]:
+                wet_threshold: float | None = None,
+                js_bins: int = JS_BINS) -> dict[str, float]:
     """Every metric of :data:`METRICS`, in order; ``conservation_rmse`` is NaN without
     ``coarse``, ``frac_outside_range`` without ``valid_range``, the precipitation metrics
     without ``wet_threshold``.
@@ -435,8 +436,10 @@ def compute_all(pred: np.ndarray, truth: np.ndarray, *, coarse: np.ndarray | Non
         valid_range: ``(lo, hi)`` (``-inf``/``inf`` for an open side).
         wet_threshold: wet cells are ``>= wet_threshold`` (field units); given for
             precipitation only.
+        js_bins: histogram bins of the Jensen-Shannon divergence.
     """
-    out = {k: fn(pred, truth) for k, fn in PAIR_METRICS.items()}
+    out = {k: fn(pred, truth) for k, fn in PAIR_METRICS.items() if k != "js_divergence"}
+    out["js_divergence"] = js_divergence(pred, truth, bins=js_bins)
     if coarse is not None and factor:
         fine = pred if fine_for_conservation is None else fine_for_conservation
         out["conservation_rmse"] = conservation_rmse(fine, coarse, factor)

@@ -451,18 +451,16 @@ class _Scorer:
                                  for k, f in self.fields.items()}
 
     def metrics(self, p, t, name, sl_fine, sl_coarse) -> dict[str, float]:
+        """:func:`geosr.evaluate.metrics.compute_all` on one slice; all NaN (conservation
+        included) when no pixel of the slice is valid in both."""
         if not M.valid_count(p, t):
             return {k: math.nan for k in M.METRICS}
-        out = {k: fn(p, t) for k, fn in M.PAIR_METRICS.items()}
-        out["js_divergence"] = M.js_divergence(p, t, bins=self.js_bins)
-        out["conservation_rmse"] = math.nan
-        if self.data.coarse is not None:
-            out["conservation_rmse"] = M.conservation_rmse(
-                self.raw[name][sl_fine], self.data.coarse[sl_coarse], self.data.factor)
+        coarse = None if self.data.coarse is None else self.data.coarse[sl_coarse]
         vr = self.data.valid_range
-        out.update(M.physical_metrics(p, t, valid_range=(vr.lo, vr.hi) if vr else None,
-                                      wet_threshold=self.data.wet_threshold))
-        return {k: out[k] for k in M.METRICS}
+        return M.compute_all(p, t, coarse=coarse, factor=self.data.factor,
+                             fine_for_conservation=self.raw[name][sl_fine],
+                             valid_range=(vr.lo, vr.hi) if vr else None,
+                             wet_threshold=self.data.wet_threshold, js_bins=self.js_bins)
 
     def score(self, sl_fine, sl_coarse, *, scope: str) -> SubsetResult:
         p, t = self.pred[sl_fine], self.truth[sl_fine]

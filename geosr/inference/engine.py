@@ -22,10 +22,7 @@ from geosr.errors import InputError
 from geosr.grid import Grid
 from geosr.inference.config import Method
 from geosr.inference.tiling import Tile, TilePlan
-from geosr.io.read import (
-    AlignedReader,
-    OnGridReader,
-)
+from geosr.io.read import AlignedReader, OnGridReader, ReaderCache, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -79,44 +76,11 @@ def _expand(win: Window, margin: tuple[int, int, int, int], f: int) -> Window:
                   win.width + (left + right) * f, win.height + (top + bottom) * f)
 
 
-def _open_reader(path: str, grid: Grid, resampling: Resampling | None):
-    """A direct reader for sources on the grid's lattice (None), else the warper."""
-    return OnGridReader(path, grid) if resampling is None else AlignedReader(path, grid, resampling)
-
-
-class _Readers:
-    """Aligned readers kept open per thread (GDAL handles are not thread-safe)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[AlignedReader] = []
-
-    def get(self, path: str, grid: Grid, resampling: Resampling | None) -> AlignedReader:
-        cache = getattr(self._local, "cache", None)
-        if cache is None:
-            cache = self._local.cache = {}
-        key = (path, grid, resampling)
-        rd = cache.get(key)
-        if rd is None:
-            rd = _open_reader(path, grid, resampling).__enter__()
-            cache[key] = rd
-            with self._lock:
-                self._open.append(rd)
-        return rd
-
-    def close(self) -> None:
-        with self._lock:
-            for rd in self._open:
-                rd.__exit__(None, None, None)
-            self._open.clear()
-
-
 @dataclass
 class Resources:
     """Per-process helpers for :func:`predict_tiles`: open readers and a loaded model."""
 
-    readers: _Readers | None = None
+    readers: ReaderCache | None = None
     predictor: Any = None
 
 
@@ -157,10 +121,10 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     from geosr.baselines import sharpen_tile, upsample
 
     with contextlib.ExitStack() as stack:
-        def reader(path: str, resampling: Resampling | None) -> AlignedReader:
+        def reader(path: str, resampling: Resampling | None) -> AlignedReader | OnGridReader:
             if res is not None and res.readers is not None:
                 return res.readers.get(path, job.fine, resampling)
-            return stack.enter_context(_open_reader(path, job.fine, resampling))
+            return stack.enter_context(open_reader(path, job.fine, resampling))
 
         auxes = []
         for tile in tiles:
@@ -201,7 +165,7 @@ class _LocalEngine:
 
         self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geosr-tile")
-        self.readers = _Readers()
+        self.readers = ReaderCache()
         self.slots = 2 * workers
 
     def submit(self, job: TileJob, tiles, coarse_wins, predictor):

@@ -37,7 +37,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,13 @@ from rasterio.windows import Window
 
 from geosr import __version__
 from geosr.align import check_coverage, grid_crs, is_aligned, plan_grids, resampling_for
+from geosr.arrays import (
+    block_count,
+    block_mean,
+    conserve_blocks,
+    fill_nearest,
+    mask_nodata_blocks,
+)
 from geosr.constraints import ValidRange, bounded_conserve, clip_to_range, from_units
 from geosr.errors import BundleError, GridError, InputError, ProcessingError
 from geosr.grid import Grid, footprint, native_cell_m
@@ -71,8 +77,8 @@ from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
 from geosr.io.atomic import TMP_TAG, check_not_input
 from geosr.io.read import (
     AlignedReader,
-    OnGridReader,
     RasterInfo,
+    ReaderCache,
     band1_overview,
     container_file,
     gdal_env,
@@ -161,33 +167,6 @@ def _band_groups(n_bands: int, per_band_bytes: int, budget_bytes: int) -> list[l
     band count."""
     size = max(1, min(n_bands, MAX_GROUP_BANDS, budget_bytes // max(per_band_bytes, 1)))
     return [list(range(b, min(b + size, n_bands))) for b in range(0, n_bands, size)]
-
-
-def _conserve_rows(fine: np.ndarray, coarse: np.ndarray, factor: int, *,
-                   chunk_rows: int = 4) -> np.ndarray:
-    """Add a constant per coarse cell so the mean of its valid fine cells equals ``coarse``.
-
-    Same rule as :func:`geosr.baselines.conserve_blocks` (cells with a NaN coarse value
-    or no valid fine cell are left as they are), in place, a few coarse rows at a time
-    (no full-size temporaries), with float64 block sums.
-
-    Args:
-        fine: ``(bands, rows, cols)``, rows and cols multiples of ``factor``; modified.
-        coarse: ``(bands, rows / factor, cols / factor)``.
-        chunk_rows: coarse rows per step.
-    """
-    b, r, c = fine.shape
-    blocks = fine.reshape(b, r // factor, factor, c // factor, factor)
-    for k in range(0, r // factor, chunk_rows):
-        part = blocks[:, k:k + chunk_rows]
-        valid = np.isfinite(part)
-        total = np.where(valid, part, np.float32(0)).sum(axis=4, dtype=np.float64).sum(axis=2)
-        count = valid.sum(axis=4, dtype=np.int32).sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            delta = coarse[:, k:k + chunk_rows] - total / np.maximum(count, 1)
-        delta[(count == 0) | ~np.isfinite(delta)] = 0.0
-        part += delta.astype(np.float32)[:, :, None, :, None]
-    return fine
 
 
 class _BlockRowWriter:
@@ -708,7 +687,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
-    filled = _fill_nodata(coarse)
+    filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
     stitch = RowStitcher(plan, bands=len(group))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
@@ -742,7 +721,7 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
     c0 = top // f
     rows = coarse[:, c0:c0 + arr.shape[1] // f]
     if conserve:
-        arr = _conserve_rows(arr, rows, f)
+        conserve_blocks(arr, rows, f)
     if back is not None:
         back(arr)
     if valid is not None:
@@ -753,32 +732,7 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
             bounded_conserve(arr, rows, f, valid.lo, valid.hi)
         else:
             clip_to_range(arr, valid)
-    writer.write(top, _mask_nodata(arr, rows, f))
-
-
-def _fill_nodata(coarse: np.ndarray) -> np.ndarray:
-    """``(bands, rows, cols)`` with NaN cells filled from the nearest valid cell of their
-    band (an all-NaN band stays NaN); the input itself when it has no NaN."""
-    from geosr.baselines import fill_nearest
-
-    if np.isfinite(coarse).all():
-        return coarse
-    return np.stack([fill_nearest(band) for band in coarse])
-
-
-def _mask_nodata(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
-    """Set the fine pixels of NaN coarse cells to NaN, in place (no full-size temporary).
-
-    Args:
-        fine: ``(bands, rows, cols)``, rows and cols multiples of ``factor``; modified.
-        coarse: ``(bands, rows / factor, cols / factor)``.
-    """
-    bad = ~np.isfinite(coarse)
-    if bad.any():
-        b, r, c = fine.shape
-        blocks = fine.reshape(b, r // factor, factor, c // factor, factor)  # a view
-        np.copyto(blocks, np.float32(np.nan), where=bad[:, :, None, :, None])
-    return fine
+    writer.write(top, mask_nodata_blocks(arr, rows, f))
 
 
 def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterInfo,
@@ -843,24 +797,12 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
     if max_cells and cells > max_cells:
         k = math.ceil(cells / max_cells)
         starts = starts[k // 2::k] or starts[:1]
-    local = threading.local()
-    opened: list = []
-    lock = threading.Lock()
+    # On the fine grid as the tiles read it, or averaged onto the coarse grid by GDAL.
+    grid, rs = (fine, resampling) if on_grid or categorical else (coarse, Resampling.average)
+    readers = ReaderCache()
 
     def reader():
-        rd = getattr(local, "rd", None)
-        if rd is None:
-            if on_grid:
-                rd = OnGridReader(path, fine)
-            elif categorical:
-                rd = AlignedReader(path, fine, resampling)
-            else:
-                rd = AlignedReader(path, coarse, Resampling.average)
-            rd = rd.__enter__()
-            local.rd = rd
-            with lock:
-                opened.append(rd)
-        return rd
+        return readers.get(path, grid, rs)
 
     col_step = max(1, 1024 // f)  # coarse columns per read: bounded temporaries
 
@@ -875,22 +817,21 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
                 continue
             arr = reader().read(Window(c0 * f, r0 * f, (c1 - c0) * f, (r1 - r0) * f), [1])
             if not categorical:
-                parts.append((r0, c0, _block_mean(arr, f)))
+                parts.append((r0, c0, block_mean(arr, f)))
                 continue
             a = arr[0]
             valid = np.isfinite(a)
             values = np.unique(a[valid])
             check_class_count(values.size, f"{name}={path}" if name else path)
-            per_class = {float(v): _block_count(a == v, f) for v in values}
-            parts.append((r0, c0, _block_count(valid, f), per_class))
+            per_class = {float(v): block_count(a == v, f) for v in values}
+            parts.append((r0, c0, block_count(valid, f), per_class))
         return parts
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             parts = [p for strip_parts in pool.map(strip, starts) for p in strip_parts]
     finally:
-        for rd in opened:
-            rd.__exit__(None, None, None)
+        readers.close()
     if not categorical:
         out = np.full((1, coarse.height, coarse.width), np.nan, np.float32)
         for r0, c0, mean in parts:
@@ -912,20 +853,3 @@ def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,
                 shares[i, r0:r0 + h, c0:c0 + w] = np.where(
                     count > 0, (0 if cnt is None else cnt) / np.maximum(count, 1), np.nan)
     return CoarseLayer(name, shares, tuple(float(v) for v in classes))
-
-
-def _block_count(mask: np.ndarray, f: int) -> np.ndarray:
-    """Number of True cells in each ``f x f`` block of a 2-D mask (int32)."""
-    r, c = mask.shape
-    return mask.reshape(r // f, f, c // f, f).sum(axis=(1, 3), dtype=np.int32)
-
-
-def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:
-    """Mean of the valid cells of each ``f x f`` block of ``(bands, rows, cols)``; NaN if none."""
-    b, r, c = arr.shape
-    blocks = arr.reshape(b, r // f, f, c // f, f)
-    valid = np.isfinite(blocks)
-    total = np.where(valid, blocks, np.float32(0)).sum(axis=4, dtype=np.float64).sum(axis=2)
-    count = valid.sum(axis=4, dtype=np.int32).sum(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -525,6 +526,57 @@ class OnGridReader:
         part[~np.isfinite(part)] = np.nan
         out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
         return out
+
+
+def open_reader(path: str | os.PathLike, grid: Grid,
+                resampling: Resampling | None) -> AlignedReader | OnGridReader:
+    """A reader of ``path`` on ``grid``, not yet entered: a direct :class:`OnGridReader`
+    for a source on the grid's lattice (``resampling`` None), else the warper."""
+    if resampling is None:
+        return OnGridReader(path, grid)
+    return AlignedReader(path, grid, resampling)
+
+
+class ReaderCache:
+    """Open readers kept per thread, one per ``(path, grid, resampling)``.
+
+    GDAL dataset handles must not be shared between threads, and opening a warper for
+    every window would cost more than reading it: each thread opens its own reader once
+    and reuses it. :meth:`close` closes every reader of every thread (call it when the
+    threads are done). Also a context manager.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[AlignedReader | OnGridReader] = []
+
+    def get(self, path: str | os.PathLike, grid: Grid,
+            resampling: Resampling | None) -> AlignedReader | OnGridReader:
+        """This thread's open reader (see :func:`open_reader`), opened on first use."""
+        cache = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        key = (str(path), grid, resampling)
+        rd = cache.get(key)
+        if rd is None:
+            rd = open_reader(path, grid, resampling).__enter__()
+            cache[key] = rd
+            with self._lock:
+                self._open.append(rd)
+        return rd
+
+    def close(self) -> None:
+        with self._lock:
+            for rd in self._open:
+                rd.__exit__(None, None, None)
+            self._open.clear()
+
+    def __enter__(self) -> ReaderCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_window(src: rasterio.DatasetReader | str | os.PathLike, window: Window,

@@ -291,23 +291,21 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
                   valid_range=valid_range)
 
 
-def config_from_dict(d: dict, *, where: str) -> NetConfig:
-    """Rebuild a :class:`geosr.nn.NetConfig` from its JSON form (lists back to tuples)."""
+def _net_config(d: Any, *, where: str) -> NetConfig:
+    """The architecture stored in a bundle, through :meth:`geosr.nn.NetConfig.from_dict`
+    (which gives fields added since the bundle was written the value that keeps its
+    behaviour)."""
     from geosr.nn import NetConfig
 
     if not isinstance(d, dict):
         raise BundleError(f"{where}: architecture config is a {type(d).__name__}; expected an "
                           "object")
-    known = {f.name: f for f in dataclasses.fields(NetConfig)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise BundleError(f"{where}: architecture has unknown field(s) {', '.join(unknown)}; "
-                          "it was written by a newer geosr: upgrade geosr")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     try:
-        return NetConfig(**kw)
+        return NetConfig.from_dict(d)
     except (TypeError, ValueError) as e:
-        raise BundleError(f"{where}: architecture config is invalid ({e})") from e
+        newer = set(d) - {f.name for f in dataclasses.fields(NetConfig)}
+        hint = "; it was written by a newer geosr: upgrade geosr" if newer else ""
+        raise BundleError(f"{where}: architecture config is invalid ({e}){hint}") from e
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -335,7 +333,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         state = payload["state_dict"]
         if not isinstance(state, dict):
             raise TypeError(f"state_dict is a {type(state).__name__}")
-        config = config_from_dict(meta["config"], where=str(path))
+        config = _net_config(meta["config"], where=str(path))
         aux = tuple(AuxChannelSpec.from_dict(a) for a in meta["aux"])
         norm = meta["norm"]
         for key in ("coarse", "target"):
@@ -354,7 +352,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: bundle metadata is damaged ({type(e).__name__}: {e}); "
                           "expected a file written by `geosr train`") from e
-    actual = content_hash(state, _hash_fields(config, aux, bundle.factor, bundle.res_m, norm))
+    hashed = _hash_fields(config, aux, bundle.factor, bundle.res_m, norm)
+    # The config as recorded: a bundle written before a NetConfig field existed was
+    # hashed without it (the field then takes its behaviour-keeping default).
+    hashed["config"] = meta["config"]
+    actual = content_hash(state, hashed)
     if actual != bundle.sha256:
         raise BundleError(f"{path}: content hash {actual[:12]}... does not match the recorded "
                           f"{bundle.sha256[:12]}...; the file is damaged: copy it again")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geosr.arrays import fill_nearest, mask_nodata_blocks
 from geosr.errors import BundleError, InputError
 from geosr.model.bundle import AuxChannelSpec, Bundle, _build_model
 
@@ -21,16 +22,6 @@ log = logging.getLogger(__name__)
 
 MAX_PREDICT_PX = 2_000_000
 """Fine pixels per forward pass in :meth:`Predictor.predict` (bounds activation memory)."""
-
-
-def fill_coarse(coarse: np.ndarray) -> np.ndarray:
-    """Fill NaN cells of ``(..., h, w)`` from their nearest valid cell (all-NaN -> NaN)."""
-    from geosr.baselines import fill_nearest
-
-    lead = coarse.shape[:-2]
-    flat = coarse.reshape(-1, *coarse.shape[-2:])
-    out = np.stack([fill_nearest(a) for a in flat]) if flat.shape[0] else flat.copy()
-    return out.reshape(*lead, *coarse.shape[-2:])
 
 
 def encode_coarse(coarse: torch.Tensor, norm: dict) -> torch.Tensor:
@@ -274,8 +265,7 @@ class Predictor:
         out = np.full((n, ih * f, iw * f), np.nan, dtype=np.float32)
         if n == 0:
             return out
-        nan_coarse = ~np.isfinite(coarse[:, top:h - bottom, left:w - right])
-        filled = fill_coarse(coarse)
+        filled = fill_nearest(coarse)
         step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
         tn = self.bundle.norm["target"]
         with torch.inference_mode():
@@ -289,9 +279,7 @@ class Predictor:
                 y = self._run(xc, xa, top, left, bottom, right)
                 y = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
                 out[k:k + step] = y.cpu().numpy()
-        if nan_coarse.any():
-            out[np.repeat(np.repeat(nan_coarse, f, -2), f, -1)] = np.nan
-        return out
+        return mask_nodata_blocks(out, coarse[:, top:h - bottom, left:w - right], f)
 
     def _run(self, xc, xa, top: int, left: int, bottom: int, right: int):
         """The network on one batch; with a margin, decode only the inner region."""

@@ -45,7 +45,7 @@ def conserve(fine: torch.Tensor, coarse: torch.Tensor, factor: int,
     Returns:
         ``(N, C, H, W)``, same dtype. Blocks with no valid cell, and blocks whose
         coarse value is not finite, are left unchanged (as in
-        :func:`geosr.baselines.conserve_blocks`). Differentiable.
+        :func:`geosr.arrays.conserve_blocks`). Differentiable.
 
     Raises:
         ValueError: on inconsistent shapes or a non-positive ``factor``.

@@ -39,11 +39,12 @@ import numpy as np
 from rasterio.windows import Window
 
 from geosr import __version__
+from geosr.arrays import fill_nearest
 from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
-from geosr.model.predictor import encode_aux, encode_coarse, fill_coarse
+from geosr.model.predictor import encode_aux, encode_coarse
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
 from geosr.training.config import (
     DEFAULT_PATCH,
@@ -286,7 +287,7 @@ def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
                     coarse = reader.coarse(band, read)
                     if not np.isfinite(coarse).any():
                         continue
-                    xc = encode_coarse(torch.from_numpy(fill_coarse(coarse))[None, None]
+                    xc = encode_coarse(torch.from_numpy(fill_nearest(coarse))[None, None]
                                        .to(device), norm)
                     xa = encode_aux(torch.from_numpy(aux)[None].to(device), specs) \
                         if specs else None
@@ -560,7 +561,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             picks = rng.integers(0, len(plan.starts), size=cfg.batch_size)
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
-            xc = encode_coarse(torch.from_numpy(fill_coarse(batch.coarse))[:, None].to(device),
+            xc = encode_coarse(torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
                                norm)
             xa = encode_aux(torch.from_numpy(batch.aux).to(device), specs) if specs else None
             tgt = torch.from_numpy(batch.target)[:, None].to(device)
