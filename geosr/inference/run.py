@@ -259,7 +259,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     if cfg.out is not None and cfg.out_dir is not None:
         raise InputError("-o and --out-dir both given; expected one of them")
     if cfg.out is not None:
-        output_format(cfg.out)  # an unknown extension fails before any work
+        check_output(cfg.out, overwrite=cfg.overwrite)  # e.g. an unknown extension, before any work
     method = _resolve_method(cfg)
     conserve = CONSERVE_DEFAULT[method] if cfg.conserve is None else bool(cfg.conserve)
 

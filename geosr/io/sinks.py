@@ -91,7 +91,14 @@ def output_format(path: str | os.PathLike, *, option: str = "-o") -> OutputForma
 def check_output(path: str | os.PathLike, *, overwrite: bool,
                  option: str = "-o") -> OutputFormat:
     """Fail early (before any work) when ``path`` names no format or cannot or must not
-    be written; returns its format. A Zarr store is a folder, the others files."""
+    be written; returns its format. A Zarr store is a folder, the others files.
+
+    An existing file or folder is reported first (``--overwrite`` needed, or a folder
+    where a file was meant), whatever its extension."""
+    p = Path(path)
+    if OUTPUT_SUFFIXES.get(p.suffix.lower()) is not OutputFormat.zarr and p.exists() \
+            and (p.is_dir() or not overwrite):
+        check_output_file(p, overwrite=overwrite)  # raises, naming what is there
     fmt = output_format(path, option=option)
     if fmt is OutputFormat.zarr:
         check_output_dir(path, overwrite=overwrite)
