@@ -138,7 +138,7 @@ DISTRIBUTION = {  # import name -> requirement that provides it
     "pyproj": "pyproj", "cftime": "cftime", "torch": "torch", "typer": "typer",
     "rich": "rich", "matplotlib": "matplotlib", "dask": "dask",
     "distributed": "dask[distributed]", "xarray": "xarray", "rioxarray": "rioxarray",
-    "netCDF4": "netcdf4", "zarr": "zarr", "safetensors": "safetensors",
+    "netCDF4": "netcdf4", "zarr": "zarr", "numcodecs": "numcodecs", "safetensors": "safetensors",
     # typer releases that do not vendor click depend on it; cli/_app.py falls back to it
     "click": "typer",
 }
