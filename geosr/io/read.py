@@ -491,7 +491,6 @@ class OnGridReader:
     def __enter__(self) -> OnGridReader:
         src = self._src = self._stack.enter_context(open_raster(self.path))
         self.count = src.count
-        self._unpack = _unpacker(src)
         self._dc = round((self.grid.transform.c - src.transform.c) / self.grid.res)
         self._dr = round((src.transform.f - self.grid.transform.f) / self.grid.res)
         return self
@@ -507,25 +506,9 @@ class OnGridReader:
             window = Window(0, 0, self.grid.width, self.grid.height)
         if bands is None:
             bands = list(range(1, self.count + 1))
-        elif isinstance(bands, int):
-            bands = [bands]
-        src = self._src
-        c0, r0 = int(window.col_off) + self._dc, int(window.row_off) + self._dr
-        w, h = int(window.width), int(window.height)
-        out = np.full((len(bands), h, w), np.nan, dtype=np.float32)
-        cc0, rr0 = max(c0, 0), max(r0, 0)
-        cc1, rr1 = min(c0 + w, src.width), min(r0 + h, src.height)
-        if cc1 <= cc0 or rr1 <= rr0:
-            return out
-        try:
-            arr = src.read(bands, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0), masked=True)
-        except RasterioError as e:
-            raise RasterReadError(f"{self.path}: read failed ({_reason(e)}); the "
-                                  "file may be truncated or corrupt") from e
-        part = self._unpack(arr.astype(np.float32).filled(np.nan), bands)
-        part[~np.isfinite(part)] = np.nan
-        out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
-        return out
+        shifted = Window(int(window.col_off) + self._dc, int(window.row_off) + self._dr,
+                         int(window.width), int(window.height))
+        return read_window(self._src, shifted, bands)
 
 
 def open_reader(path: str | os.PathLike, grid: Grid,

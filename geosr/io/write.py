@@ -40,11 +40,17 @@ def open_writer(path: str | os.PathLike, grid: Grid, count: int, *,
                 descriptions: list[str] | None = None, units: list[str] | None = None,
                 tags: dict | None = None) -> rasterio.io.DatasetWriter:
     """Create a float32 GeoTIFF on ``grid`` for windowed writing (caller closes it)."""
+    return _create(path, gtiff_profile(grid, count), descriptions, units, tags)
+
+
+def _create(path, profile: dict, descriptions: list[str] | None, units: list[str] | None,
+            tags: dict | None) -> rasterio.io.DatasetWriter:
+    """Open ``path`` for writing with ``profile``; set band descriptions, units and tags."""
     try:
-        dst = rasterio.open(path, "w", **gtiff_profile(grid, count))
+        dst = rasterio.open(path, "w", **profile)
     except RasterioError as e:
         raise ProcessingError(f"{path}: cannot create ({e})") from e
-    for b in range(1, count + 1):
+    for b in range(1, profile["count"] + 1):
         if descriptions and descriptions[b - 1]:
             dst.set_band_description(b, descriptions[b - 1])
         if units and units[b - 1]:
@@ -172,15 +178,4 @@ def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block
     if profile.get("tiled"):
         profile["blockysize"] = block_rows
     profile.pop("predictor", None)
-    try:
-        dst = rasterio.open(path, "w", **profile)
-    except RasterioError as e:
-        raise ProcessingError(f"{path}: cannot create ({e})") from e
-    for b in range(1, count + 1):
-        if descriptions and descriptions[b - 1]:
-            dst.set_band_description(b, descriptions[b - 1])
-        if units and units[b - 1]:
-            dst.set_band_unit(b, units[b - 1])
-    if tags:
-        dst.update_tags(**{k: str(v) for k, v in tags.items()})
-    return dst
+    return _create(path, profile, descriptions, units, tags)
