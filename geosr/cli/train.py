@@ -143,6 +143,9 @@ def train_cmd(
                                           "beside the adversarial term."),
     conserve: bool = typer.Option(True, "--conserve/--no-conserve",
                                   help="Hard conservation: fine means equal each coarse cell."),
+    probabilistic: bool = typer.Option(
+        False, "--probabilistic", help="Also predict a per-pixel spread (Gaussian, CRPS loss, "
+        "calibrated on the validation data): enables downscale --quantiles and --members."),
     seed: int = typer.Option(0, "--seed", help="Random seed (initialisation and patches)."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto.value, "--device",
                                         case_sensitive=False, help="Compute device."),
@@ -171,8 +174,8 @@ def train_cmd(
         epochs=epochs,
         max_minutes=max_minutes, batch_size=batch_size, patch=patch,
         val_samples=tuple(val_samples or ()), val_fraction=val_fraction, val_block=val_block,
-        loss=loss, gan=gan, gan_recon_weight=gan_weight, conserve=conserve, seed=seed,
-        device=device.value, resume=resume, overwrite=overwrite, lr=lr,
+        loss=loss, gan=gan, gan_recon_weight=gan_weight, conserve=conserve,
+        probabilistic=probabilistic, seed=seed, device=device.value, resume=resume, overwrite=overwrite, lr=lr,
         steps_per_epoch=steps_per_epoch, augment=augment, arch=parse_arch(arch or ()),
         threads=threads,
         dist=dist_from_env(os.environ),

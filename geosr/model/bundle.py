@@ -157,6 +157,16 @@ class Bundle:
     valid_range: ValidRange | None = None
 
     @property
+    def kind(self) -> str:
+        """``probabilistic`` (a per-pixel spread beside the best estimate) or
+        ``deterministic``; recorded in the metadata as ``kind``."""
+        return bundle_kind(self.config)
+
+    @property
+    def probabilistic(self) -> bool:
+        return self.kind == "probabilistic"
+
+    @property
     def aux_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.aux)
 
@@ -179,6 +189,12 @@ class Bundle:
     def build_model(self) -> torch.nn.Module:
         """The generator with the bundle's weights, in eval mode, on the CPU."""
         return _build_model(self.config, self.state_dict, where="bundle")
+
+
+def bundle_kind(config) -> str:
+    """``probabilistic`` for a network with a spread head, else ``deterministic``
+    (every bundle written before probabilistic models existed)."""
+    return "probabilistic" if getattr(config, "spread", False) else "deterministic"
 
 
 def _build_model(config, state_dict: dict, *, where: str) -> torch.nn.Module:
@@ -270,7 +286,7 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     meta = {
         **_hash_fields(config, aux, factor, res_m, norm),
         "variable": variable, "units": units, "training": training or {},
-        "geosr_version": __version__, "sha256": sha,
+        "geosr_version": __version__, "sha256": sha, "kind": bundle_kind(config),
         "channels": channel_layout(aux), "halo_coarse": halo,
         "decode_halo": decode_halo, "halo_method": HALO_METHOD,
         "coarse_stats": dict(coarse_stats or {}),

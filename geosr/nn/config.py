@@ -56,6 +56,11 @@ class NetConfig:
             are predicted from context (e.g. a lapse rate that changes across a valley
             inversion); it makes elevation-driven detail easy to learn and to generalise.
             Bundles written before this option existed load with it off.
+        spread: probabilistic output: a second head gives, per fine pixel, the standard
+            deviation of the truth around the (conserved) best estimate, in standardised
+            units; :meth:`Generator.forward` then returns two channels, the best estimate
+            and the spread. Off: a deterministic model (bundles written before the option
+            existed).
         norm: ``"none"`` (default), ``"batch"`` or ``"group"``. ``"none"`` keeps the
             network a local operator so tiled prediction is seamless; BatchNorm in train
             mode depends on batch statistics and is fragile with small batches;
@@ -77,6 +82,7 @@ class NetConfig:
     conserve: bool = True
     norm: str = "none"
     aux_gain: bool = True
+    spread: bool = False
 
     def __post_init__(self) -> None:
         _check_int("factor", self.factor, MIN_FACTOR, MAX_FACTOR)
@@ -86,7 +92,7 @@ class NetConfig:
             _check_int(name, getattr(self, name), 4, MAX_WIDTH, multiple=4)
         _check_int("n_blocks", self.n_blocks, 1, MAX_BLOCKS)
         _check_int("fine_blocks", self.fine_blocks, 1, MAX_BLOCKS)
-        for name in ("use_cam", "use_sam", "conserve", "aux_gain"):
+        for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("cam_window", self.cam_window, 0, 63)

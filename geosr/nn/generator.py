@@ -21,6 +21,9 @@ Layout (``f`` = factor, ``h x w`` coarse cells, ``H x W = hf x wf`` fine pixels)
    regression sharpening whose coefficients vary in space (zero at initialisation).
 7. Optional hard conservation (``cfg.conserve``): every ``f x f`` block averages to
    coarse channel 0 (:func:`~geosr.nn.conservation.conserve`).
+8. With ``cfg.spread`` (a probabilistic model), a second head on the same fine features
+   gives the per-pixel spread (:class:`~geosr.nn.spread.SpreadHead`), returned as
+   channel 1 beside the conserved best estimate.
 
 Inputs are expected standardised and finite (fill nodata before calling; pass
 ``fine_mask`` so that conservation ignores filled cells).
@@ -46,6 +49,7 @@ from geosr.nn.config import NetConfig
 from geosr.nn.conservation import Conservation
 from geosr.nn.norm import make_norm
 from geosr.nn.params import count_parameters
+from geosr.nn.spread import SpreadHead
 from geosr.nn.upsample import UpStage, split_factor
 
 log = logging.getLogger(__name__)
@@ -108,6 +112,7 @@ class Generator(nn.Module):
         with torch.no_grad():
             self.head[-1].weight.mul_(HEAD_INIT_SCALE)
             self.head[-1].bias.zero_()
+        self.spread_head = SpreadHead(fw, hidden) if cfg.spread else None
         self.gain = None
         if cfg.aux_gain and na:
             self.gain = conv(self.merged_channels, na, 1)
@@ -252,7 +257,8 @@ class Generator(nn.Module):
             fine_mask: optional ``(N, 1, hf, wf)`` valid fine cells for conservation.
 
         Returns:
-            ``(N, 1, hf, wf)``.
+            ``(N, 1, hf, wf)``; ``(N, 2, hf, wf)`` (best estimate, spread) with
+            ``cfg.spread``.
         """
         self._check(coarse, aux, fine_mask)
         if not isinstance(features, torch.Tensor) or features.dim() != 4 \
@@ -267,7 +273,8 @@ class Generator(nn.Module):
         t = self.last_up(t)
         if self.fine_aux is not None:
             t = torch.cat([t, self.fine_aux(_channels_last(aux))], dim=1)
-        res = self.head(self.fine(t))
+        feat = self.fine(t)
+        res = self.head(feat)
         base = F.interpolate(coarse[:, :1], size=res.shape[-2:], mode="bilinear",
                              align_corners=False)
         out = base + res
@@ -279,6 +286,8 @@ class Generator(nn.Module):
             out = out + (beta * (aux - smooth)).sum(dim=1, keepdim=True)
         if self.conservation is not None:
             out = self.conservation(out, coarse[:, :1], fine_mask)
+        if self.spread_head is not None:
+            out = torch.cat([out, self.spread_head(feat)], dim=1)
         return out
 
     def forward(self, coarse: torch.Tensor, aux: torch.Tensor | None = None, *,
@@ -294,7 +303,8 @@ class Generator(nn.Module):
                 conservation then averages over valid cells only.
 
         Returns:
-            ``(N, 1, h*factor, w*factor)``.
+            ``(N, 1, h*factor, w*factor)``; with ``cfg.spread``, ``(N, 2, ...)``: the best
+            estimate and its per-pixel spread (standard deviation, same units).
 
         Raises:
             ValueError: on shapes that do not fit the configuration.

@@ -77,6 +77,9 @@ class TrainConfig:
         gan_recon_weight: weight of the reconstruction loss in the generator loss.
         gan_adv_weight: weight of the adversarial term in the generator loss.
         conserve: hard conservation layer (fine means equal the coarse cell).
+        probabilistic: the network also predicts a per-pixel spread (a Gaussian around the
+            conserved best estimate), trained with the CRPS and calibrated on the
+            validation data (:mod:`geosr.training.spread`).
         seed: seed of initialisation and patch sampling.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         resume: checkpoint to continue from.
@@ -110,6 +113,7 @@ class TrainConfig:
     gan_recon_weight: float = 5.0
     gan_adv_weight: float = 1.0
     conserve: bool = True
+    probabilistic: bool = False
     seed: int = 0
     device: str = "auto"
     resume: Path | None = None

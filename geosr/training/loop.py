@@ -66,6 +66,7 @@ from geosr.training.data import (
     plan_patches,
     read_batch,
 )
+from geosr.training.spread import spread_calibration
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +157,14 @@ def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpe
     from geosr.nn import NetConfig
 
     arch = dict(cfg.arch)
-    reserved = {"factor", "n_coarse", "n_aux", "conserve"} & set(arch)
+    reserved = {"factor", "n_coarse", "n_aux", "conserve", "spread"} & set(arch)
     if reserved:
         raise InputError(f"--arch {sorted(reserved)[0]}: set by the dataset and options; "
                          "expected other architecture fields")
     try:
         return NetConfig(factor=manifest.factor, n_coarse=1,
-                         n_aux=sum(s.channels for s in specs), conserve=cfg.conserve, **arch)
+                         n_aux=sum(s.channels for s in specs), conserve=cfg.conserve,
+                         spread=cfg.probabilistic, **arch)
     except (TypeError, ValueError) as e:
         raise InputError(f"--arch: {e}") from e
 
@@ -439,6 +441,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     import torch
 
     from geosr.nn import Discriminator, Generator
+    from geosr.nn.spread import gaussian_crps
 
     out, ckpt_path, csv_path, json_path = paths
     dist = cfg.dist
@@ -530,6 +533,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     tn_mean, tn_std = float(norm["target"]["mean"]), float(norm["target"]["std"])
     bce = torch.nn.BCEWithLogitsLoss()
     f = manifest.factor
+    calibration: dict = {}
 
     def summary(epochs_done: int) -> dict:
         return {
@@ -544,7 +548,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
             "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
-            "geosr_version": __version__,
+            "geosr_version": __version__, "probabilistic": cfg.probabilistic,
+            **({"spread_calibration": calibration} if calibration else {}),
         }
 
     epoch = start_epoch
@@ -570,7 +575,12 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 pred = ddp_model(xc, xa)
             pred = pred.float()
+            spread = None
+            if cfg.probabilistic:  # the mean learns from recon_loss alone, the spread from CRPS
+                pred, spread = pred[:, :1], pred[:, 1:]
             loss = recon_loss(pred, tgt, mask, Loss(cfg.loss), cfg.grad_weight)
+            if spread is not None:
+                loss = loss + gaussian_crps(pred.detach(), spread, tgt, mask)
             d_loss_val = 0.0
             if disc is not None:
                 # The discriminator sees the same mask on both sides, so nodata tells it nothing.
@@ -658,6 +668,14 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     if dist.is_main:
         if best_state is None:
             best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if cfg.probabilistic:
+            model.load_state_dict(best_state)
+            calibration = spread_calibration(model, reader, manifest, split, specs, norm, device)
+            best_state = dict(best_state)
+            best_state["spread_head.scale"] = best_state["spread_head.scale"] * calibration["scale"]
+            log.info("spread calibrated on the validation data: x%.3f (90%% interval coverage "
+                     "%s -> %s)", calibration["scale"], calibration["coverage_raw"],
+                     calibration["coverage"])
         final_summary = summary(epochs_done)
         _write_logs(csv_path, json_path, history, final_summary)
         bundle = save_bundle(out, overwrite=cfg.overwrite, config=net_cfg, aux=specs,
