@@ -17,6 +17,7 @@ what makes a tile of a padded coarse window identical to the same pixels of the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -229,6 +230,8 @@ class SharpenFit:
         reference: per categorical layer, its reference class (``landcover=10``).
         class_p: p-value of the test that the class terms explain anything (None
             without class terms); at :data:`CLASS_P_MAX` or above they are all 0.
+        resid_std: standard deviation of the coarse-cell residuals (field units, with
+            the terms' degrees of freedom), the spread of the sharpening interval.
     """
 
     coef: np.ndarray
@@ -238,6 +241,7 @@ class SharpenFit:
     terms: tuple[SharpenTerm, ...] = ()
     reference: tuple[str, ...] = ()
     class_p: float | None = None
+    resid_std: float = float("nan")
 
     def apply(self, aux: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
         """The fit on fine aux ``(A, H, W)`` and on its block means (class shares).
@@ -391,8 +395,9 @@ def fit_sharpen(coarse: np.ndarray, aux_coarse: np.ndarray | Sequence[CoarseLaye
         mean = float(np.nanmean(y)) if np.isfinite(y).any() else 0.0
         if n_terms:
             log.warning("sharpening: only %d valid coarse cells; using interpolation only", n)
+        spread = float(np.nanstd(y)) if np.isfinite(y).any() else 0.0
         return SharpenFit(coef=np.zeros(n_terms), intercept=mean, r2=0.0, n=n, terms=terms,
-                          reference=tuple(reference))
+                          reference=tuple(reference), resid_std=spread)
     n_cont = len(cont)
     ok_cont = ok & np.all(np.isfinite(x[:n_cont]), axis=0)
     coef = np.zeros(n_terms)
@@ -408,9 +413,11 @@ def fit_sharpen(coarse: np.ndarray, aux_coarse: np.ndarray | Sequence[CoarseLaye
     y, x = y[ok_all], x[:, ok_all]
     pred = intercept + coef @ x
     sst = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else 0.0
+    rss = float(((y - pred) ** 2).sum())
+    r2 = 1.0 - rss / sst if sst > 0 else 0.0
     return SharpenFit(coef=coef, intercept=intercept, r2=r2, n=n, terms=terms,
-                      reference=tuple(reference), class_p=class_p)
+                      reference=tuple(reference), class_p=class_p,
+                      resid_std=math.sqrt(rss / max(n - n_terms - 1, 1)))
 
 
 def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarray, factor: int,

@@ -175,7 +175,7 @@ def default_length_px(factor: int) -> float:
 
 def member_field(mu: np.ndarray, sigma: np.ndarray, coarse: np.ndarray, factor: int, *,
                  seed: int, member: int, bands: Sequence[int], row0: int, col0: int,
-                 length_px: float | None = None) -> np.ndarray:
+                 length_px: float | None = None, conserve: bool = True) -> np.ndarray:
     """One ensemble member of ``(bands, rows, cols)`` fields that conserves every cell.
 
     Args:
@@ -187,6 +187,7 @@ def member_field(mu: np.ndarray, sigma: np.ndarray, coarse: np.ndarray, factor: 
         bands: per array band, its band index (the noise key).
         row0, col0: global pixel position of the arrays' first pixel.
         length_px: noise smoothing length; default :func:`default_length_px`.
+        conserve: shift each coarse cell back to ``coarse`` (off: the raw perturbation).
 
     Returns:
         ``(B, R, C)`` float32: ``mu`` plus the coherent perturbation, then shifted per
@@ -200,4 +201,4 @@ def member_field(mu: np.ndarray, sigma: np.ndarray, coarse: np.ndarray, factor: 
                            height=mu.shape[-2], width=mu.shape[-1], length_px=length)
         sig = np.where(np.isfinite(sigma[k]), sigma[k], 0.0).astype(np.float32)
         out[k] = mu[k] + gain * sig * g
-    return conserve_blocks(out, coarse, factor)
+    return conserve_blocks(out, coarse, factor) if conserve else out

@@ -12,7 +12,12 @@ import typer
 from geosr import api
 from geosr.cli._app import GeosrCommand, app
 from geosr.cli._common import emit_json, progress_bar, stdout
-from geosr.cli.options import parse_layers, parse_time_range, parse_valid_range
+from geosr.cli.options import (
+    parse_layers,
+    parse_quantiles,
+    parse_time_range,
+    parse_valid_range,
+)
 from geosr.device import DeviceChoice
 from geosr.inference.config import METHOD_LABELS, DownscaleConfig, Method
 
@@ -98,6 +103,17 @@ def downscale_cmd(
         help="Keep every output pixel in this range while conserving, e.g. 0: (non-negative), "
              "0:100 (percent), -1:1 (either side optional); default: the model's, else the "
              "input's CF valid_range, else 0: for precipitation units."),
+    quantiles: str = typer.Option(
+        None, "--quantiles", metavar="Q,...",
+        help="Also write one map per quantile beside OUT, e.g. 0.05,0.95 -> OUT_q05.tif, "
+             "OUT_q95.tif: a probabilistic model's calibrated spread, or without a model the "
+             "sharpening regression's residual spread (a rough interval, same at every pixel)."),
+    members: int = typer.Option(
+        0, "--members", metavar="N", help="Also write N spatially coherent ensemble members, "
+        "each conserving every coarse cell, to OUT_members.tif (N x bands); same needs as "
+        "--quantiles."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --members noise (same seed, same "
+                             "members, whatever --tile)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -112,6 +128,8 @@ def downscale_cmd(
         conserve=conserve,
         valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
         overwrite=overwrite, command=shlex.join(["geosr", *sys.argv[1:]]),
+        quantiles=parse_quantiles(quantiles) if quantiles is not None else (),
+        members=members, seed=seed,
     )
     with progress_bar(ctx, enabled=not json_out) as progress:
         result = api.run_downscale(cfg, progress=progress)

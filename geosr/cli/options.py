@@ -167,3 +167,22 @@ def parse_valid_range(text: str, *, option: str = "--valid-range") -> ValidRange
         return ValidRange.parse(text)
     except ValueError as e:
         raise InputError(f"{option} {text!r}: {e}") from None
+
+
+def parse_quantiles(text: str, *, option: str = "--quantiles") -> tuple[float, ...]:
+    """``"0.05,0.95"`` -> sorted distinct probabilities in (0, 1)."""
+    from geosr.uncertainty import check_quantiles
+
+    values = []
+    for tok in (t.strip() for t in text.split(",")):
+        try:
+            values.append(float(tok))
+        except ValueError:
+            raise InputError(f"{option} {text!r}: {tok!r} is not a number; expected "
+                             "probabilities such as 0.05,0.95") from None
+    if not values:
+        raise InputError(f"{option} {text!r}: no value; expected e.g. 0.05,0.95")
+    try:
+        return check_quantiles(values, option=option)
+    except ValueError as e:
+        raise InputError(str(e)) from None

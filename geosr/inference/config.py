@@ -92,6 +92,12 @@ class DownscaleConfig:
             in groups that fit, of ``MAX_GROUP_BANDS`` at most (the peak also holds the
             model and libraries).
         tile_batch: tiles per network call (default 1 on CPU, 8 on a GPU).
+        quantiles: also write one map per quantile beside each output (``OUT_q05.tif``);
+            needs a probabilistic model, or ``sharpen`` (its scene fit's residual spread).
+        members: also write this many spatially coherent, conserving ensemble members
+            (``OUT_members.tif``, members x bands); same needs as ``quantiles``.
+        seed: seed of the members (the same seed gives the same members, whatever the
+            tiles).
     """
 
     coarse: tuple[str, ...]
@@ -116,6 +122,9 @@ class DownscaleConfig:
     command: str = ""
     memory_mb: int = 384
     tile_batch: int | None = None
+    quantiles: tuple[float, ...] = ()
+    members: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class TileJob:
         context: coarse cells read around each tile's ``read`` window for the network's
             coarse encoder only (the blended overlap then needs only the small fine
             decoder's context); see :func:`context_margin`.
+        spread: also predict the per-pixel spread (a probabilistic model, or the
+            sharpening fit's residual spread); tiles then hold the bands' best
+            estimates followed by their spreads.
     """
 
     method: Method
@@ -56,6 +59,7 @@ class TileJob:
     model_conserve: bool | None = None
     batch: int = 1
     context: int = 0
+    spread: bool = False
 
 
 def context_margin(job: TileJob, read: Window) -> tuple[int, int, int, int]:
@@ -116,7 +120,8 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
         res: open readers / loaded model; None (dask workers) opens what is needed here.
 
     Returns:
-        Per tile, ``(bands, read rows, read cols)`` float32 with NaN nodata.
+        Per tile, ``(bands, read rows, read cols)`` float32 with NaN nodata;
+        ``(2 * bands, ...)`` with ``job.spread`` (estimates, then spreads).
     """
     from geosr.baselines import sharpen_tile, upsample
 
@@ -139,9 +144,14 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     if job.method is Method.bicubic:
         return [upsample(c, f, "bicubic") for c in coarse_wins]
     if job.method is Method.sharpen:
-        return [np.stack([sharpen_tile(job.fits[b], c[b], a, f, conserve=False)
+        outs = [np.stack([sharpen_tile(job.fits[b], c[b], a, f, conserve=False)
                           for b in range(c.shape[0])])
                 for c, a in zip(coarse_wins, auxes, strict=True)]
+        if job.spread:  # the scene fit's residual spread, the same at every pixel
+            outs = [np.concatenate([o, np.stack([np.where(np.isfinite(o[b]), np.float32(
+                job.fits[b].resid_std), np.float32(np.nan)) for b in range(o.shape[0])])])
+                for o in outs]
+        return outs
     predictor = res.predictor if res is not None and res.predictor is not None \
         else _worker_predictor(job)
     bands = coarse_wins[0].shape[0]
@@ -152,8 +162,11 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     for k in range(0, coarse.shape[0], max(1, job.batch)):
         outs.append(np.asarray(predictor.predict(
             coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch],
-            margin=margin), dtype=np.float32))
+            margin=margin, **({"with_spread": True} if job.spread else {})), dtype=np.float32))
     pred = np.concatenate(outs)
+    if job.spread:  # (n, 2, H, W) -> per tile (2 * bands, H, W): estimates, then spreads
+        return [pred[i * bands:(i + 1) * bands].transpose(1, 0, 2, 3).reshape(
+            2 * bands, *pred.shape[2:]) for i in range(len(tiles))]
     return [pred[i * bands:(i + 1) * bands] for i in range(len(tiles))]
 
 

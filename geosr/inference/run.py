@@ -74,6 +74,12 @@ from geosr.inference.config import (
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
+from geosr.inference.uncertain import (
+    MAX_MEMBERS,
+    ExtraSinks,
+    UncertaintyRequest,
+    extra_paths,
+)
 from geosr.io.atomic import TMP_TAG, check_not_input
 from geosr.io.read import (
     AlignedReader,
@@ -285,6 +291,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     for spec, ainfo in zip(aux, aux_infos, strict=True):
         _check_aux_content(spec, ainfo)
 
+    req = _uncertainty_request(cfg, method, bundle)
     outs = [Path(cfg.out) if cfg.out is not None else _default_output(i.path, res_m, cfg.out_dir)
             for i in infos]
     inputs = [*(("COARSE", info.path) for info in infos),
@@ -300,6 +307,9 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                              "rename one input or run them separately")
         seen[key] = info.path
         check_output(out, overwrite=cfg.overwrite)
+        for extra in extra_paths(out, req):
+            check_not_input(extra, inputs, option="-o (its uncertainty output)")
+            check_output(extra, overwrite=cfg.overwrite)
 
     grids = []
     for info in infos:
@@ -384,6 +394,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                     device=str(cfg.device) if cfg.scheduler else str(device),
                     model_conserve=cfg.conserve, batch=max(1, tile_batch),
                     context=predictor.halo_coarse if predictor is not None else 0,
+                    spread=req.wanted,
                 )
                 ptags = {**tags, "GEOSR_FACTOR": p.tiles.factor,
                          "GEOSR_TILE_PX": p.tiles.tile_px, "GEOSR_OVERLAP_PX": p.tiles.overlap_px,
@@ -396,7 +407,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                          for u, c in zip(p.units.units, p.units.to, strict=True) if c}))
                 _run_one(p, job, engine, predictor, aux, conserve=conserve, bundle=bundle,
                          tags=ptags, tile_batch=tile_batch, memory_mb=cfg.memory_mb,
-                         overwrite=cfg.overwrite, progress=progress)
+                         overwrite=cfg.overwrite, progress=progress, req=req)
                 summaries.append(OutputSummary(p.out, p.info.path, p.info.count, p.fine.height,
                                                p.fine.width, time.perf_counter() - t1))
     finally:
@@ -562,9 +573,47 @@ def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpe
     return resolve_categorical(cfg.aux)
 
 
+def _uncertainty_request(cfg: DownscaleConfig, method: Method, bundle) -> UncertaintyRequest:
+    """``--quantiles``/``--members`` checked against the method: a probabilistic model's
+    spread, or the sharpening fit's residual spread."""
+    from geosr.uncertainty import check_quantiles
+
+    try:
+        qs = check_quantiles(cfg.quantiles)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    n = int(cfg.members)
+    if not 0 <= n <= MAX_MEMBERS:
+        raise InputError(f"--members {n}: expected 1 to {MAX_MEMBERS} members (or 0: none)")
+    if not (qs or n):
+        return UncertaintyRequest()
+    option = "--quantiles" if qs else "--members"
+    if method is Method.bicubic:
+        raise InputError(f"{option} needs a spread: use --method sharpen (the interval of its "
+                         "scene regression) or a model trained with --probabilistic")
+    if bundle is not None and not bundle.probabilistic:
+        raise InputError(f"{option}: model {cfg.model} is deterministic (no spread); train one "
+                         "with `geosr train --probabilistic`, or drop --model for the "
+                         "sharpening interval")
+    source = ("network: Gaussian per-pixel spread, CRPS-trained and calibrated on held-out "
+              "data" if bundle is not None else
+              "regression sharpening: Gaussian with the standard deviation of the scene "
+              "regression's coarse-cell residuals, the same at every pixel (no trained model)")
+    return UncertaintyRequest(quantiles=qs, members=n, seed=int(cfg.seed), source=source)
+
+
+def _band_tags(info: RasterInfo, b: int, long_name: str, valid: ValidRange | None) -> dict:
+    tags = {"long_name": long_name} if long_name else {}
+    tags.update(_range_tags(valid))
+    if b < len(info.dates) and info.dates[b]:
+        tags["DATE_TIME"] = info.dates[b]
+    return tags
+
+
 def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec], *,
              conserve: bool, bundle, tags: dict, tile_batch: int, memory_mb: int,
-             overwrite: bool, progress: Progress | None) -> None:
+             overwrite: bool, progress: Progress | None,
+             req: UncertaintyRequest = UncertaintyRequest()) -> None:
     """Downscale one input into ``p.out``."""
     info, fine, coarse_grid, plan = p.info, p.fine, p.coarse, p.tiles
     f = plan.factor
@@ -579,6 +628,8 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
         + plan.overlap_px
     per_band = 4 * (stitch_rows * fine.width + (engine.slots * tile_batch + 2) * read_px
                     + 2 * coarse_grid.width * coarse_grid.height)  # coarse field + filled copy
+    if req.wanted:  # the spread is stitched beside the estimate; extras use a few row copies
+        per_band = 2 * per_band + 4 * 4 * stitch_rows * fine.width
     groups = _band_groups(n_bands, per_band, memory_mb << 20)
 
     t0 = time.perf_counter()
@@ -613,20 +664,26 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                 long_name = (info.long_names[0] if info.long_names else "") or (
                     (getattr(bundle, "training", None) or {}).get("long_name", "")
                     if bundle is not None else "")
-                for b in range(n_bands):
-                    band_tags = {"long_name": long_name} if long_name else {}
-                    band_tags.update(_range_tags(p.valid_range))
-                    if b < len(info.dates) and info.dates[b]:
-                        band_tags["DATE_TIME"] = info.dates[b]
+                all_tags = [_band_tags(info, b, long_name, p.valid_range) for b in range(n_bands)]
+                for b, band_tags in enumerate(all_tags):
                     if band_tags:
                         dst.update_tags(b + 1, **band_tags)
-                with AlignedReader(info.path, coarse_grid,
-                                   resampling_for(info, coarse_grid, coarse_input=True)) as crd:
+                with contextlib.ExitStack() as stack:
+                    extras = ExtraSinks(
+                        stack, out=p.out, req=req, fine=fine, n_bands=n_bands,
+                        descriptions=descriptions, units=units, tags=tags, band_tags=all_tags,
+                        overwrite=overwrite, factor=f, conserve=conserve,
+                        valid=p.valid_range) if req.wanted else None
+                    crd = stack.enter_context(AlignedReader(
+                        info.path, coarse_grid,
+                        resampling_for(info, coarse_grid, coarse_input=True)))
                     for group in groups:
                         done = _stream_group(crd, group, p, job, engine, predictor, dst,
                                              aux_coarse, conserve=conserve,
                                              tile_batch=tile_batch, done=done, total=total,
-                                             progress=progress)
+                                             progress=progress, extras=extras)
+                    if extras is not None:  # inside the stack: renamed only when complete
+                        extras.finish(fmt=fmt, variable=variable)
             finally:
                 dst.close()
             check_written(tmp_tif)  # GDAL may close a file it failed to write
@@ -656,7 +713,8 @@ def _band_description(info: RasterInfo, band: int, variable: str) -> str:
 
 def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predictor, dst,
                   aux_coarse: list | None, *, conserve: bool, tile_batch: int,
-                  done: int, total: int, progress: Progress | None) -> int:
+                  done: int, total: int, progress: Progress | None,
+                  extras: ExtraSinks | None = None) -> int:
     """Predict, stitch, conserve and write one group of bands; returns tiles done.
 
     Its own function so that the stitch buffer is freed before the COG copy.
@@ -688,9 +746,13 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
     filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
-    stitch = RowStitcher(plan, bands=len(group))
+    stitch = RowStitcher(plan, bands=len(group) * (2 if job.spread else 1))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
+    if extras is not None:
+        extras.start_group(group, lambda d, bands: _BlockRowWriter(
+            d, bands, fine.width, fine.height, STAGE_BLOCK_ROWS))
+    extra = None if extras is None else (extras, group, p.units)
     items = _tile_items(plan, filled, tile_batch, job)
     for tiles, preds in _ordered(engine, items, job, predictor):
         for tile, pred in zip(tiles, preds, strict=True):
@@ -702,37 +764,55 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
             _flush(stitch.finish_row(), writer, coarse, plan.factor, conserve,
                    back=(lambda arr: p.units.from_model(arr, group))
                    if p.units is not None and p.units.converts else None,
-                   valid=p.valid_range)
+                   valid=p.valid_range, extra=extra)
     writer.close()
+    if extras is not None:
+        extras.end_group()
     return done
 
 
 def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse: np.ndarray,
            f: int, conserve: bool, back: Callable[[np.ndarray], Any] | None = None,
-           valid: ValidRange | None = None) -> None:
+           valid: ValidRange | None = None, extra: tuple | None = None) -> None:
     """Conserve, convert back to the input's units (``back``, in place), keep the valid
     range and mask the completed rows, then write them. Conservation runs in the units of
     ``coarse`` (the model's); an affine map of a conserved field is conserved against the
     mapped field. The range is kept in the input's units: clipped and conserved again
-    (:func:`geosr.constraints.bounded_conserve`), or only clipped without ``conserve``."""
+    (:func:`geosr.constraints.bounded_conserve`), or only clipped without ``conserve``.
+
+    With ``extra`` (``(sinks, group, units)``), ``arr`` holds the estimates then the
+    spreads; quantiles and members are made from the final estimate
+    (:class:`~geosr.inference.uncertain.ExtraSinks`)."""
     if done is None:
         return
     top, arr = done
+    sigma = None
+    if extra is not None:
+        arr, sigma = arr[:arr.shape[0] // 2], arr[arr.shape[0] // 2:]
     c0 = top // f
     rows = coarse[:, c0:c0 + arr.shape[1] // f]
     if conserve:
         conserve_blocks(arr, rows, f)
     if back is not None:
         back(arr)
+    if back is not None and (valid is not None and conserve or extra is not None):
+        rows = rows.copy()
+        back(rows)
     if valid is not None:
         if conserve:
-            if back is not None:
-                rows = rows.copy()
-                back(rows)
             bounded_conserve(arr, rows, f, valid.lo, valid.hi)
         else:
             clip_to_range(arr, valid)
     writer.write(top, mask_nodata_blocks(arr, rows, f))
+    if extra is not None:
+        sinks, group, units = extra
+        scale = np.ones(len(group), np.float32)
+        if back is not None:  # output units per model unit, per band
+            unit = np.zeros((len(group), 1, 2), np.float32)
+            unit[:, 0, 1] = 1.0
+            back(unit)
+            scale = np.abs(unit[:, 0, 1] - unit[:, 0, 0])
+        sinks.write(top, arr, sigma, rows, group, scale)
 
 
 def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterInfo,

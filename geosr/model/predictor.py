@@ -223,7 +223,8 @@ class Predictor:
         self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
 
     def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
-                margin: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+                margin: tuple[int, int, int, int] = (0, 0, 0, 0),
+                with_spread: bool = False) -> np.ndarray:
         """Downscale a batch of coarse windows.
 
         Args:
@@ -236,10 +237,12 @@ class Predictor:
                 only: the coarse encoder sees the whole input, the fine decoder (which
                 is most of the cost) only the inner region plus :attr:`decode_halo`
                 cells, and the result covers the inner region.
+            with_spread: also return the per-pixel spread of a probabilistic model.
 
         Returns:
             ``(N, h*f, w*f)`` float32 in physical units (the inner region with a
-            ``margin``), NaN where the coarse cell is NaN.
+            ``margin``), NaN where the coarse cell is NaN; with ``with_spread``,
+            ``(N, 2, h*f, w*f)``: the best estimate and its standard deviation.
 
         Raises:
             BundleError: ``aux`` does not match the model's aux layers.
@@ -261,8 +264,11 @@ class Predictor:
         if min(margin) < 0 or top + bottom >= h or left + right >= w:
             raise InputError(f"margin {margin}: expected non-negative cells leaving an inner "
                              f"region of the {h}x{w} coarse window")
+        if with_spread and not self.bundle.probabilistic:
+            raise BundleError(f"model {self.bundle.sha256[:8]} is deterministic: it gives no "
+                              "spread; expected a model trained with --probabilistic")
         ih, iw = h - top - bottom, w - left - right
-        out = np.full((n, ih * f, iw * f), np.nan, dtype=np.float32)
+        out = np.full((n, 2 if with_spread else 1, ih * f, iw * f), np.nan, dtype=np.float32)
         if n == 0:
             return out
         filled = fill_nearest(coarse)
@@ -277,9 +283,14 @@ class Predictor:
                     ta = torch.from_numpy(aux[k:k + step]).to(self.device)
                     xa = encode_aux(ta, self.bundle.aux)
                 y = self._run(xc, xa, top, left, bottom, right)
-                y = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
-                out[k:k + step] = y.cpu().numpy()
-        return mask_nodata_blocks(out, coarse[:, top:h - bottom, left:w - right], f)
+                mean = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
+                out[k:k + step, 0] = mean.cpu().numpy()
+                if with_spread:
+                    out[k:k + step, 1] = (y[:, 1].float() * float(tn["std"])).cpu().numpy()
+        inner = coarse[:, None, top:h - bottom, left:w - right]
+        out = mask_nodata_blocks(out, np.broadcast_to(inner, (*out.shape[:2], *inner.shape[2:])),
+                                 f)
+        return out if with_spread else out[:, 0]
 
     def _run(self, xc, xa, top: int, left: int, bottom: int, right: int):
         """The network on one batch; with a margin, decode only the inner region."""
