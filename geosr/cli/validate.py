@@ -84,6 +84,14 @@ def validate_cmd(
     valid_range: str = typer.Option(None, "--valid-range", metavar="MIN:MAX",
                                     help="Report the fraction of pixels outside this range "
                                          "(default: the range PRED records)."),
+    interval: tuple[str, str] | None = typer.Option(
+        None, "--interval", metavar="LO HI",
+        help="Interval bound rasters (e.g. OUT_q05.tif OUT_q95.tif): interval_coverage "
+             "(fraction of TRUTH inside) and interval_width (mean HI - LO)."),
+    members: str = typer.Option(None, "--members", metavar="FILE",
+                                help="Ensemble raster (members x bands, as downscale "
+                                     "--members writes): fair CRPS, spread/skill ratio, rank "
+                                     "histogram with --plots."),
     wet_threshold: float = typer.Option(None, "--wet-threshold", metavar="VALUE",
                                         help="Wet pixels are >= VALUE (field units) for the "
                                              "wet-pixel frequency bias and p99 bias (default: "
@@ -108,6 +116,7 @@ def validate_cmd(
         csv_path=csv_out, overwrite=overwrite,
         valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
         wet_threshold=wet_threshold,
+        interval=tuple(interval) if interval else None, members=members,
     )
     report = validate(cfg)
     if to_stdout:
@@ -189,5 +198,13 @@ def render(report: ValidationReport) -> None:
                       ("rmse", "bias", "pearson_r", "ssim")),
                       *(_fmt(r.skill.get(b), 3) for b in report.baselines))
         stdout.print(s)
+    if report.uncertainty:
+        u = report.uncertainty
+        labels = {"interval_coverage": "interval coverage", "interval_width": "interval width",
+                  "crps": "CRPS (fair, ensemble)", "spread_skill": "spread/skill",
+                  "members": "members"}
+        stdout.print("uncertainty: " + ", ".join(
+            f"{labels[k]} {_fmt(v)}" + (units if k in ("interval_width", "crps") else "")
+            for k, v in u.items()), highlight=False)
     for p in report.plots:
         stdout.print(f"figure: {p}", highlight=False)

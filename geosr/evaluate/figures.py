@@ -179,6 +179,23 @@ def plot_scatter(path: Path, *, truth: np.ndarray, pred: np.ndarray, units: str 
     return _save(fig, path)
 
 
+def plot_rank_histogram(path: Path, counts: np.ndarray) -> Path:
+    """Bars of the truth's rank among the ensemble members, as frequencies; a flat
+    histogram (dashed line) is a calibrated ensemble, a U shape an over-confident one."""
+    counts = np.asarray(counts, dtype=np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    fig = Figure(figsize=(6.2, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(np.arange(freq.size), freq, color="#4c72b0", width=0.85)
+    ax.axhline(1.0 / freq.size, color="k", ls="--", lw=1, label="calibrated")
+    ax.set_xlabel(f"rank of the truth among {freq.size - 1} members")
+    ax.set_ylabel("frequency")
+    ax.set_title(f"rank histogram, n = {int(counts.sum()):,}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_spectra(path: Path, *, grid: Grid, fields: dict[str, np.ndarray],
                  truth: np.ndarray) -> Path:
     """Radially averaged power spectra of the truth and each field, vs wavelength."""

@@ -58,6 +58,7 @@ class ValidationReport:
     plots: tuple[str, ...] = ()
     broken: tuple[str, ...] = ()
     seconds: float = 0.0
+    uncertainty: dict[str, float] = field(default_factory=dict)  # interval / ensemble scores
 
     @property
     def passed(self) -> bool:
@@ -85,6 +86,7 @@ class ValidationReport:
             "skill": _clean(self.skill),
             "blocks": [sub(b) for b in self.blocks],
             "bands": [sub(b) for b in self.bands],
+            "uncertainty": _clean(self.uncertainty),
             "plots": list(self.plots), "passed": self.passed, "broken": list(self.broken),
             "seconds": round(self.seconds, 3),
         }
@@ -106,7 +108,7 @@ class ValidationReport:
                              "date": where.get("date", ""), "n_valid": n, "metric": k,
                              "value": _num(v)})
 
-        add("overall", "pred", self.metrics, self.n_valid)
+        add("overall", "pred", {**self.metrics, **self.uncertainty}, self.n_valid)
         for name, values in self.baselines.items():
             add("overall", name, {**values, "skill": self.skill.get(name)}, self.n_valid)
         for s in (*self.blocks, *self.bands):

@@ -153,6 +153,12 @@ class ValidateConfig:
         wet_threshold: wet pixels are ``>=`` this, in the field's units (default: 1 mm/day
             in the field's units when they are precipitation units; else no
             precipitation metrics).
+        interval: ``(LO, HI)`` rasters of an interval (e.g. ``OUT_q05.tif``,
+            ``OUT_q95.tif``), read on PRED's grid: ``interval_coverage`` and
+            ``interval_width`` (:func:`geosr.evaluate.probabilistic.interval_scores`).
+        members: an ensemble raster of ``M x bands`` bands, member-major (as
+            ``downscale --members`` writes it): fair CRPS, spread/skill ratio and, with
+            ``plots_dir``, a rank histogram.
     """
 
     pred: str
@@ -170,6 +176,8 @@ class ValidateConfig:
     js_bins: int = M.JS_BINS
     valid_range: ValidRange | None = None
     wet_threshold: float | None = None
+    interval: tuple[str, str] | None = None
+    members: str | None = None
 
 
 def _grid_of(info: RasterInfo) -> Grid:
@@ -309,12 +317,19 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
                              scope="block"),
                     row=i, col=j, window=(r0, c0, r1 - r0, c1 - c0)))
 
+    uncertainty, ranks = _uncertainty(cfg, data, ok)
     plots: tuple[str, ...] = ()
+    if cfg.plots_dir is not None and ranks is not None:
+        from geosr.evaluate.figures import plot_rank_histogram
+
+        Path(cfg.plots_dir).mkdir(exist_ok=True)
+        plots += (str(plot_rank_histogram(Path(cfg.plots_dir) / "rank_histogram.png",
+                                          ranks)),)
     if cfg.plots_dir is not None:
         from geosr.evaluate import figures
 
         b = cfg.plot_band - 1
-        plots = tuple(str(p) for p in figures.write_all(
+        plots += tuple(str(p) for p in figures.write_all(
             Path(cfg.plots_dir), grid=data.grid, truth=sc.truth, pred=sc.pred,
             baselines=sc.fields, band=cfg.plot_band, units=data.units,
             variable=data.descriptions[b], metrics=overall.metrics))
@@ -328,13 +343,53 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
         truth_resampling=data.truth_resampling, units=data.units,
         valid_range=str(data.valid_range) if data.valid_range is not None else None,
         wet_threshold=data.wet_threshold, plots=plots, broken=broken,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, uncertainty=uncertainty,
     )
     if cfg.json_path is not None:
         write_json(report, cfg.json_path)
     if cfg.csv_path is not None:
         write_csv(report, cfg.csv_path)
     return report
+
+
+def _uncertainty(cfg: ValidateConfig, data: _Aligned, ok: np.ndarray
+                 ) -> tuple[dict[str, float], np.ndarray | None]:
+    """Interval and ensemble scores on the scored pixels (``ok``), and the rank counts."""
+    from geosr.evaluate.probabilistic import ensemble_scores, interval_scores, rank_histogram
+
+    out: dict[str, float] = {}
+    ranks = None
+    truth = np.where(ok, data.truth, np.nan)
+    if cfg.interval is not None:
+        bounds = []
+        for option, path in zip(("--interval LO", "--interval HI"), cfg.interval, strict=True):
+            info = raster_info(path)
+            if info.count != data.n_bands:
+                raise InputError(f"{option} {path}: has {info.count} band(s) but PRED has "
+                                 f"{data.n_bands}; expected the same count")
+            check_coverage(info, data.grid, option=option)
+            with gdal_env():
+                bounds.append(_read(path, data.grid, Resampling.nearest))
+        iv = interval_scores(bounds[0], bounds[1], truth)
+        out.update(interval_coverage=iv["interval_coverage"],
+                   interval_width=iv["interval_width"])
+    if cfg.members is not None:
+        info = raster_info(cfg.members)
+        if info.count % data.n_bands:
+            raise InputError(f"--members {cfg.members}: has {info.count} band(s), not a "
+                             f"multiple of PRED's {data.n_bands}; expected members x bands "
+                             "(as downscale --members writes them)")
+        m = info.count // data.n_bands
+        if m < 2:
+            raise InputError(f"--members {cfg.members}: holds {m} member(s); expected 2 or more")
+        check_coverage(info, data.grid, option="--members")
+        with gdal_env():
+            ens = _read(cfg.members, data.grid, Resampling.nearest)
+        ens = ens.reshape(m, data.n_bands, *ens.shape[1:])
+        sc = ensemble_scores(ens, truth)
+        out.update(crps=sc["crps"], spread_skill=sc["spread_skill"], members=float(m))
+        ranks = rank_histogram(ens, truth)
+    return out, ranks
 
 
 def _check_options(cfg: ValidateConfig) -> None:
