@@ -573,6 +573,9 @@ def _resolve_aux(cfg: DownscaleConfig, method: Method, bundle) -> tuple[LayerSpe
     return resolve_categorical(cfg.aux)
 
 
+NO_UNCERTAINTY = UncertaintyRequest()
+
+
 def _uncertainty_request(cfg: DownscaleConfig, method: Method, bundle) -> UncertaintyRequest:
     """``--quantiles``/``--members`` checked against the method: a probabilistic model's
     spread, or the sharpening fit's residual spread."""
@@ -613,7 +616,7 @@ def _band_tags(info: RasterInfo, b: int, long_name: str, valid: ValidRange | Non
 def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec], *,
              conserve: bool, bundle, tags: dict, tile_batch: int, memory_mb: int,
              overwrite: bool, progress: Progress | None,
-             req: UncertaintyRequest = UncertaintyRequest()) -> None:
+             req: UncertaintyRequest = NO_UNCERTAINTY) -> None:
     """Downscale one input into ``p.out``."""
     info, fine, coarse_grid, plan = p.info, p.fine, p.coarse, p.tiles
     f = plan.factor
