@@ -28,12 +28,15 @@ import numpy as np
 import rasterio
 from _data import CH
 from accuracy import CH_AUX, build
+from rasterio.enums import Resampling
 
 from geosr.arrays import block_mean
 from geosr.dataset.manifest import read_manifest
 from geosr.evaluate.probabilistic import ensemble_scores, interval_scores
+from geosr.evaluate.validate import _grid_of
 from geosr.inference.config import DownscaleConfig
 from geosr.inference.run import downscale
+from geosr.io.read import AlignedReader, raster_info
 from geosr.training.config import TrainConfig
 from geosr.training.loop import train
 
@@ -74,16 +77,21 @@ def main() -> None:
                               threads=args.threads, overwrite=True, probabilistic=prob))
     m = read_manifest(exp.test_ds)
     coarse_path = str(m.path_of(m.coarse))
-    truth = _read(m.path_of(m.target))
-    coarse = _read(Path(coarse_path))
     f = m.factor
     out = args.work / "out"
     out.mkdir(exist_ok=True)
     _run(coarse_path, out / "det.tif", models["det"])
     _run(coarse_path, out / "prob.tif", models["prob"], quantiles=(0.05, 0.95), members=10)
-    _run(coarse_path, out / "sharp.tif", None, quantiles=(0.05, 0.95), members=10)
+    _run(coarse_path, out / "sharp.tif", None, quantiles=(0.05, 0.95), members=10, res_m=1000.0)
     print(f"MeteoSwiss TabsM 2023-05, 16 km -> 1 km, unseen field; training {args.minutes:g} "
           f"min per model, {args.threads} thread(s)")
+    # the outputs cover where the coarse input and the aux both have data: read the truth
+    # and the coarse field on the output's grid
+    grid = _grid_of(raster_info(str(out / "det.tif")))
+    with AlignedReader(str(m.path_of(m.target)), grid, Resampling.nearest) as rd:
+        truth = rd.read().astype(np.float64)
+    with AlignedReader(coarse_path, grid.coarsen(f), Resampling.nearest) as rd:
+        coarse = rd.read().astype(np.float64)
     det = _read(out / "det.tif")
     rmse_det = float(np.sqrt(np.nanmean((det - truth) ** 2)))
     print(f"deterministic network: RMSE {rmse_det:.3f} degC")
