@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     good = Path(f["model"]).read_bytes()
     (d / "model_cut.geosr").write_bytes(good[: len(good) // 2])
     f["model_cut"] = d / "model_cut.geosr"
+    (d / "model_header.geosr").write_bytes(good[:1] + bytes([good[1] ^ 1]) + good[2:])
+    f["model_header"] = d / "model_header.geosr"
+    meta = json.loads(torch.load(f["model"], weights_only=True)["meta"])
+    f["model_halo"] = _rewrite_bundle(Path(f["model"]), d / "model_halo.geosr", meta=json.dumps(
+        {**meta, "halo_coarse": meta["halo_coarse"] ^ 1}))
     text = d / "notes.tif"
     text.write_text("this is not a raster\n")
     f["text"] = text
@@ -274,7 +280,12 @@ DOWNSCALE = [
     Case("downscale-model-corrupt", _down("--aux", "{dem}", "--model", "{model_cut}"), 2,
          ("model_cut.geosr", "expected a model bundle"), out=OUT_TIF),
     Case("downscale-model-not-a-bundle", _down("--aux", "{dem}", "--model", "{text}"), 2,
-         ("notes.tif", "not a model bundle"), out=OUT_TIF),
+         ("notes.tif", "not a valid model bundle"), out=OUT_TIF),
+    Case("downscale-model-damaged-zip-header",
+         _down("--aux", "{dem}", "--model", "{model_header}"), 2,
+         ("model_header.geosr", "damaged", "not a valid model bundle"), out=OUT_TIF),
+    Case("downscale-model-edited-halo", _down("--aux", "{dem}", "--model", "{model_halo}"), 2,
+         ("model_halo.geosr", "content hash", "damaged"), out=OUT_TIF),
     Case("downscale-model-other-version", _down("--aux", "{dem}", "--model", "{model_v9}"), 2,
          ("model_v9.geosr", "version 9", "expected version 1"), out=OUT_TIF),
     Case("downscale-model-other-aux-names",

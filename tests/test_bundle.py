@@ -103,24 +103,126 @@ def test_hash_depends_on_weights_and_norm_not_on_training_summary(tmp_path):
     assert len({a.sha256, c.sha256, d.sha256}) == 3
 
 
-def test_coarse_training_range_is_recorded_outside_the_hash(tmp_path):
+def as_hash_v1(path, dst, edit=lambda meta: None):
+    """Rewrite a bundle as an older geosr wrote it: no ``hash_version``, and the content
+    hash over the weights, config, aux, factor, res_m and norm only."""
+    from geosr.model.bundle import content_hash
+
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta.pop("hash_version")
+    edit(meta)
+    meta["sha256"] = content_hash(payload["state_dict"], {
+        k: meta[k] for k in ("config", "aux", "factor", "res_m", "norm")})
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, dst)
+    return meta["sha256"]
+
+
+def test_coarse_training_range_units_and_valid_range_are_hashed(tmp_path):
     stats = {"min": -3.0, "max": 21.0, "mean": 10.0, "std": 5.0}
     a, _ = write_bundle(tmp_path / "a.geosr", coarse_stats=stats, units="K")
     b, _ = write_bundle(tmp_path / "b.geosr")
     loaded = load_bundle(tmp_path / "a.geosr")
-    assert loaded.coarse_stats == stats and loaded.units == "K"
+    assert loaded.coarse_stats == stats and loaded.units == "K" and loaded.hash_version == 2
     assert loaded.training_range().describe() == "-3..21"
-    assert a.sha256 == b.sha256  # units and the input range do not change predictions
-    assert save_bundle(tmp_path / "c.geosr", loaded).coarse_stats == stats  # re-save keeps it
+    assert a.sha256 != b.sha256  # units and the input range change outputs: hashed
+    again = save_bundle(tmp_path / "c.geosr", loaded)
+    assert again.coarse_stats == stats and again.sha256 == a.sha256  # re-save keeps both
     # a bundle from before the range was recorded: the normalisation mean and std
-    payload = torch.load(tmp_path / "b.geosr", weights_only=True)
-    meta = json.loads(payload["meta"])
-    meta.pop("coarse_stats")
-    payload["meta"] = json.dumps(meta)
-    torch.save(payload, tmp_path / "old.geosr")
+    sha = as_hash_v1(tmp_path / "b.geosr", tmp_path / "old.geosr",
+                     lambda meta: meta.pop("coarse_stats"))
     old = load_bundle(tmp_path / "old.geosr")
-    assert old.coarse_stats == {} and old.sha256 == b.sha256
+    assert old.coarse_stats == {} and old.sha256 == sha and old.hash_version == 1
     assert old.training_range().describe("degC") == "mean 10 +- 5 degC"
+    # re-saving an older bundle writes the current hash over all of it
+    resaved = save_bundle(tmp_path / "new.geosr", old)
+    assert resaved.hash_version == 2 and load_bundle(tmp_path / "new.geosr").sha256 == \
+        resaved.sha256 != sha
+
+
+def _shape(v):
+    if isinstance(v, dict):
+        return {k: _shape(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_shape(x) for x in v]
+    return type(v)
+
+
+def _flip_bit(value):
+    """``value`` with one bit changed in its JSON text: the first letter or digit of a
+    value (not a key) that turns into another letter or digit."""
+    text = json.dumps(value)
+    for i, ch in enumerate(text):
+        for bit in range(7):
+            new = chr(ord(ch) ^ (1 << bit))
+            if not (ch.isalnum() and new.isalnum()):
+                continue
+            try:
+                out = json.loads(text[:i] + new + text[i + 1:])
+            except ValueError:
+                continue
+            if out != value and _shape(out) == _shape(value):
+                return out
+    raise AssertionError(f"no one-bit change of {text}")
+
+
+HASHED = ["config", "aux", "factor", "res_m", "norm", "variable", "units", "channels",
+          "halo_coarse", "decode_halo", "halo_method", "coarse_stats", "valid_range",
+          "hash_version", "kind"]
+
+
+@pytest.fixture(scope="module")
+def full_bundle(tmp_path_factory):
+    """A bundle with every optional field filled in."""
+    from geosr.constraints import ValidRange
+
+    path = tmp_path_factory.mktemp("full") / "m.geosr"
+    write_bundle(path, coarse_stats={"min": -3.0, "max": 21.0, "mean": 10.0, "std": 5.0},
+                 valid_range=ValidRange(-90.0, 60.0))
+    return path
+
+
+@pytest.mark.parametrize("key", HASHED)
+def test_one_bit_in_any_hashed_field_is_refused(tmp_path, full_bundle, key):
+    from geosr.model.bundle import UNHASHED_FIELDS
+
+    path = tmp_path / "m.geosr"
+    payload = torch.load(full_bundle, weights_only=True)
+    meta = json.loads(payload["meta"])
+    # the list above is every field but the descriptive ones: a new field is hashed too
+    assert set(meta) - UNHASHED_FIELDS == set(HASHED)
+    meta[key] = _flip_bit(meta[key])
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, path)
+    with pytest.raises(BundleError) as e:
+        load_bundle(path)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg
+    assert "hash" in msg
+
+
+def test_descriptive_fields_are_outside_the_hash(tmp_path):
+    path = tmp_path / "m.geosr"
+    saved, _ = write_bundle(path)
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta["training"]["epochs"] = 4
+    meta["geosr_version"] = "0.0.1"
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, path)
+    assert load_bundle(path).training["epochs"] == 4
+
+
+def test_newer_hash_version_asks_for_upgrade(bundle_path):
+    def mutate(p):
+        meta = json.loads(p["meta"])
+        meta["hash_version"] = 3
+        p["meta"] = json.dumps(meta)
+
+    _rewrite(bundle_path, mutate)
+    with pytest.raises(BundleError, match=r"hash version 3 .*upgrade geosr"):
+        load_bundle(bundle_path)
 
 
 def test_shipped_model_records_its_units():
@@ -128,7 +230,7 @@ def test_shipped_model_records_its_units():
     if not path.is_file():
         pytest.skip("models/alps-t2m is not in this checkout")
     b = load_bundle(path)
-    assert b.units == "degC" and b.sha256.startswith("11bc854c37ef")
+    assert b.units == "degC" and b.sha256.startswith("11bc854c37ef") and b.hash_version == 1
     rng = b.training_range()
     assert rng.min < 0 < rng.max < 25
 
@@ -196,6 +298,28 @@ def test_damaged_or_foreign_files_give_one_line_errors(bundle_path, tmp_path, da
     assert "expected" in msg
 
 
+@pytest.mark.parametrize("where", ["local-header", "local-header-name", "central-directory",
+                                   "data", "truncated"])
+def test_damaged_zip_header_is_reported_as_damage(bundle_path, tmp_path, where):
+    """Not as "holds Python objects ... could run code": torch's reader misreads a
+    damaged header and then fails to unpickle."""
+    data = bytearray(bundle_path.read_bytes())
+    cd = bytes(data).find(b"PK\x01\x02")
+    if where == "truncated":
+        data = data[: cd + 10]
+    else:
+        off = {"local-header": 1, "local-header-name": 30, "central-directory": cd,
+               "data": bytes(data).find(b'"factor"') + 10}[where]
+        data[off] ^= 0x01
+    path = tmp_path / "bad.geosr"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as e:
+        load_bundle(path)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg
+    assert "not a valid model bundle" in msg and "could run code" not in msg
+
+
 def _rewrite(path, mutate):
     payload = torch.load(path, weights_only=True)
     mutate(payload)
@@ -257,6 +381,7 @@ def test_bundle_from_before_aux_gain_loads_without_it(tmp_path):
     payload = torch.load(tmp_path / "new.geosr", weights_only=True)
     meta = json.loads(payload["meta"])
     del meta["config"]["aux_gain"]
+    del meta["hash_version"]
     meta["sha256"] = content_hash(payload["state_dict"], {
         k: meta[k] for k in ("config", "aux", "factor", "res_m", "norm")})
     payload["meta"] = json.dumps(meta)
@@ -388,12 +513,11 @@ def test_halo_is_measured_by_cropping_and_remeasured_for_older_bundles(tmp_path,
     got = crop[..., h * F:(hi - lo - h) * F, h * F:(hi - lo - h) * F]
     assert float((got - ref).abs().max()) <= 0.05 * float(full.std())
     # A bundle from before the crop measurement: its halo is measured again on load.
-    payload = torch.load(tmp_path / "m.geosr", weights_only=True)
-    meta = json.loads(payload["meta"])
-    meta.pop("halo_method")
-    meta["halo_coarse"] = 1
-    payload["meta"] = json.dumps(meta)
-    torch.save(payload, tmp_path / "old.geosr")
+    def older(meta):
+        meta.pop("halo_method")
+        meta["halo_coarse"] = 1
+
+    as_hash_v1(tmp_path / "m.geosr", tmp_path / "old.geosr", older)
     old = load_bundle(tmp_path / "old.geosr")
     assert old.halo_coarse == 0 and old.decode_halo == 0
     p = gp.Predictor(old)

@@ -6,6 +6,12 @@ A bundle is a ``torch.save`` dictionary of plain values only::
      "meta": "<JSON string>",   # config, aux, factor, norm, units, coarse range, training, hash
      "state_dict": {name: tensor, ...}}
 
+The content hash (``meta["sha256"]``) covers the weights and every metadata field that
+geosr reads to compute an output -- all of ``meta`` except :data:`UNHASHED_FIELDS`, the
+descriptive ones (``meta["hash_version"]`` 2). Bundles written before that rule (no
+``hash_version``: version 1) hashed only the weights, ``config``, ``aux``, ``factor``,
+``res_m`` and ``norm``; they still load and are checked under that rule.
+
 Metadata is a JSON *string* so that the file loads with
 ``torch.load(weights_only=True)``: PyTorch's restricted unpickler then accepts only
 tensors and builtin containers, and a crafted file that would run code is refused
@@ -31,7 +37,9 @@ import logging
 import math
 import os
 import pickle
+import re
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +68,12 @@ BUNDLE_FORMAT_VERSION = 1
 
 
 BUNDLE_SUFFIX = ".geosr"
+HASH_VERSION = 2
+"""Rule of the content hash written by this geosr (see the module docstring)."""
+UNHASHED_FIELDS = frozenset({"sha256", "training", "geosr_version"})
+"""Metadata outside the version-2 hash: the hash itself and the descriptive fields (the
+training summary, which only cards and ``train --json`` show, and the writing geosr's
+version). Every other field, including ones added later, is hashed."""
 HALO_METHOD = "crop-2"
 """Tag of the halo measurement stored in bundles; others are re-measured on load."""
 
@@ -127,7 +141,7 @@ class Bundle:
         norm: ``{"coarse": {"mean", "std"}, "target": {"mean", "std"}}`` in physical units.
         training: summary of the training run (data, epochs, validation metrics...).
         geosr_version: version of geosr that wrote the bundle.
-        sha256: hash of the weights and of everything that changes predictions.
+        sha256: hash of the weights and of every metadata field that changes outputs.
         state_dict: the generator's weights.
         halo_coarse: measured context (coarse cells per side) a tile needs; 0 = unknown
             (see :func:`measure_halo`).
@@ -138,6 +152,8 @@ class Bundle:
             :meth:`training_range`).
         valid_range: the variable's valid range in :attr:`units`, the default of
             ``downscale --valid-range`` (None when not recorded, as in older bundles).
+        hash_version: rule :attr:`sha256` was computed with (1: older bundles, whose
+            halos, units and ranges are outside it; 2: all but :data:`UNHASHED_FIELDS`).
     """
 
     config: NetConfig
@@ -155,6 +171,7 @@ class Bundle:
     decode_halo: int = 0
     coarse_stats: dict = field(default_factory=dict)
     valid_range: ValidRange | None = None
+    hash_version: int = HASH_VERSION
 
     @property
     def kind(self) -> str:
@@ -215,6 +232,11 @@ def _hash_fields(config, aux, factor, res_m, norm) -> dict:
             "res_m": float(res_m), "norm": norm}
 
 
+def hashed_meta(meta: dict) -> dict:
+    """The part of a bundle's JSON-decoded metadata that a version-2 hash covers."""
+    return {k: v for k, v in meta.items() if k not in UNHASHED_FIELDS}
+
+
 def content_hash(state_dict: dict, hashed: dict) -> str:
     """sha256 over the weights (names, dtypes, shapes, bytes) and the prediction metadata."""
     import torch
@@ -257,10 +279,9 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
         bundle: a bundle to write instead of the keyword fields.
         overwrite: replace an existing file.
         config, aux, factor, res_m, variable, units, norm, training, state_dict,
-            coarse_stats, valid_range: see :class:`Bundle`. Units, ``coarse_stats`` and
-            ``valid_range`` are outside the content hash: they describe the variable and
-            the model's inputs, not what the network computes from them (the range is
-            applied after it, and each output records the range it used).
+            coarse_stats, valid_range: see :class:`Bundle`. All but ``training`` are
+            inside the content hash (written under :data:`HASH_VERSION`, also when
+            re-saving an older bundle).
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -278,7 +299,6 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
                           "and state_dict")
     aux = tuple(aux)
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
-    sha = content_hash(state, _hash_fields(config, aux, factor, res_m, norm))
     model = _build_model(config, state, where=str(path))
     from geosr.model.predictor import measure_decode_halo, measure_halo  # they run a model
 
@@ -286,14 +306,19 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     meta = {
         **_hash_fields(config, aux, factor, res_m, norm),
         "variable": variable, "units": units, "training": training or {},
-        "geosr_version": __version__, "sha256": sha, "kind": bundle_kind(config),
+        "geosr_version": __version__, "hash_version": HASH_VERSION,
+        "kind": bundle_kind(config),
         "channels": channel_layout(aux), "halo_coarse": halo,
         "decode_halo": decode_halo, "halo_method": HALO_METHOD,
         "coarse_stats": dict(coarse_stats or {}),
         "valid_range": str(valid_range) if valid_range is not None else None,
     }
     try:
-        meta_json = json.dumps(meta, default=_json_default, allow_nan=True)
+        # Hash the metadata as it will be read back (JSON-decoded), so that loading
+        # computes the same bytes whatever Python types the caller passed.
+        decoded = json.loads(json.dumps(meta, default=_json_default, allow_nan=True))
+        sha = content_hash(state, hashed_meta(decoded))
+        meta_json = json.dumps({**decoded, "sha256": sha}, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise BundleError(f"{path}: bundle metadata is not serialisable ({e})") from e
     payload = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
@@ -346,6 +371,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                           "model or use the geosr version that wrote it)")
     try:
         meta = json.loads(payload["meta"])
+        if not isinstance(meta, dict):
+            raise TypeError(f"metadata is a {type(meta).__name__}")
+        hash_version = meta.get("hash_version", 1)
+        if hash_version not in (1, HASH_VERSION):
+            raise BundleError(f"{path}: content hash version {hash_version!r} is not supported "
+                              f"by geosr {__version__}; expected 1 or {HASH_VERSION} (upgrade "
+                              "geosr)")
         state = payload["state_dict"]
         if not isinstance(state, dict):
             raise TypeError(f"state_dict is a {type(state).__name__}")
@@ -362,16 +394,19 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                         sha256=str(meta["sha256"]), state_dict=state,
                         coarse_stats=_coarse_stats(meta.get("coarse_stats")),
                         valid_range=_valid_range(meta.get("valid_range"), where=str(path)),
-                        **_stored_halos(meta))
+                        hash_version=hash_version, **_stored_halos(meta))
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: bundle metadata is damaged ({type(e).__name__}: {e}); "
                           "expected a file written by `geosr train`") from e
-    hashed = _hash_fields(config, aux, bundle.factor, bundle.res_m, norm)
-    # The config as recorded: a bundle written before a NetConfig field existed was
-    # hashed without it (the field then takes its behaviour-keeping default).
-    hashed["config"] = meta["config"]
+    if hash_version == 1:
+        hashed = _hash_fields(config, aux, bundle.factor, bundle.res_m, norm)
+        # The config as recorded: a bundle written before a NetConfig field existed was
+        # hashed without it (the field then takes its behaviour-keeping default).
+        hashed["config"] = meta["config"]
+    else:
+        hashed = hashed_meta(meta)
     actual = content_hash(state, hashed)
     if actual != bundle.sha256:
         raise BundleError(f"{path}: content hash {actual[:12]}... does not match the recorded "
@@ -400,21 +435,56 @@ def _safe_load(path: Path, *, what: str) -> Any:
         if data[:1] == b"\x80" or data[:2] in (b"(d", b"}q", b"cp"):
             raise BundleError(f"{path}: is a raw Python pickle, which could run code when "
                               f"loaded; refused. Expected a {what} written by `geosr train`")
-        raise BundleError(f"{path}: not a {what} (not a zip archive: truncated, damaged or "
+        raise BundleError(f"{path}: not a valid {what} (not a zip archive: truncated, damaged or "
                           f"another kind of file); expected a {what} written by `geosr train`")
+    _check_archive(path, data, what=what)
     try:
         return torch.load(_stdio.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
-        if "weights_only" in str(e) or "global" in str(e).lower():
+        if _REFUSED_OBJECT.search(str(e)):
             raise BundleError(f"{path}: holds Python objects other than tensors and plain "
                               "values, which could run code when loaded; refused. Expected a "
                               f"{what} written by `geosr train`") from e
-        raise BundleError(f"{path}: damaged ({first}); expected a {what}") from e
+        # Any other unpickling failure is a damaged stream (torch words every failure
+        # under weights_only=True as a "weights only load failed").
+        raise BundleError(f"{path}: damaged: not a valid {what} (its data stream does not "
+                          f"decode: {_unpickler_reason(e)}); copy it again") from e
     except Exception as e:  # noqa: BLE001 - torch raises many kinds on damaged archives
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"{path}: damaged or truncated ({type(e).__name__}: {first[:160]}); "
                           f"expected a {what}") from e
+
+
+_REFUSED_OBJECT = re.compile(r"Unsupported (global|class)|allowed global", re.IGNORECASE)
+"""How torch's restricted unpickler words a refused object (as opposed to damage)."""
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The unpickler's own reason, without torch's multi-line preamble."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = (m.group(1) if m else text).strip().splitlines()
+    return reason[0][:120] if reason and reason[0] else type(e).__name__
+
+
+def _check_archive(path: Path, data: bytes, *, what: str) -> None:
+    """Every zip entry's header and CRC, before torch reads it.
+
+    torch's zip reader checks neither CRCs nor local headers; a damaged header makes it
+    read the wrong bytes, which then fail as an unpickling error that reads like a refused
+    object. Python's zipfile checks both.
+    """
+    try:
+        with zipfile.ZipFile(_stdio.BytesIO(data)) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            zlib.error) as e:
+        raise BundleError(f"{path}: damaged: not a valid {what} (zip archive: {e}); copy it "
+                          "again") from e
+    if bad is not None:
+        entry = bad.split("/", 1)[-1]
+        raise BundleError(f"{path}: damaged: not a valid {what} (zip entry {entry!r} fails its "
+                          "header or CRC check); copy it again")
 
 
 def _coarse_stats(d) -> dict:
