@@ -190,7 +190,8 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
         device, workers, scheduler: where the work runs (see ``geosr downscale --help``).
         overwrite: replace an existing ``out``.
         categorical: aux names that hold classes (class rasters are also detected).
-        progress: ``callback(stage, done, total)``.
+        progress: ``callback(stage, done, total)``; ``done`` and ``total`` count output
+            pixels (bands x rows x cols) of the stage (one output, or its final write).
         chunks: dask chunks of the returned array when ``out`` is given (``True``: the
             file's blocks; ``None``: load it into memory).
 

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from geosr import __version__
+from geosr.cli import _log
 from geosr.errors import GeosrError
 
 try:  # recent typer releases vendor click as typer._click
@@ -137,8 +138,9 @@ class GeosrGroup(TyperGroup):
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            rv = super().main(args=args, prog_name=prog_name or "geosr", complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            with _log.capture_warnings():
+                rv = super().main(args=args, prog_name=prog_name or "geosr",
+                                  complete_var=complete_var, standalone_mode=False, **extra)
         except typer.Exit as e:
             code = e.exit_code
         except _cx.ClickException as e:
@@ -200,27 +202,16 @@ app = typer.Typer(
 )
 
 
-class _StderrFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"geosr: {record.levelname.lower()}: {record.getMessage()}"
-
-
 def configure_logging(settings: Settings) -> None:
-    logger = logging.getLogger("geosr")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_StderrFormatter())
-    logger.addHandler(handler)
-    logger.propagate = False
     if settings.debug:
-        logger.setLevel(logging.DEBUG)
+        level = logging.DEBUG
     elif settings.verbose:
-        logger.setLevel(logging.INFO)
+        level = logging.INFO
     elif settings.quiet:
-        logger.setLevel(logging.ERROR)
+        level = logging.ERROR
     else:
-        logger.setLevel(logging.WARNING)
+        level = logging.WARNING
+    _log.install(level)
 
 
 def _version(value: bool) -> None:

@@ -131,7 +131,7 @@ def downscale_cmd(
         quantiles=parse_quantiles(quantiles) if quantiles is not None else (),
         members=members, seed=seed,
     )
-    with progress_bar(ctx, enabled=not json_out) as progress:
+    with progress_bar(ctx, enabled=not json_out, pixels=True) as progress:
         result = api.run_downscale(cfg, progress=progress)
     summary = {**result.to_dict(), "peak_rss_mb": round(_peak_rss_mb(), 1)}
     if json_out:

@@ -651,7 +651,7 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
              for b in range(n_bands)]
 
     t1 = time.perf_counter()
-    total = len(plan) * len(groups)
+    total = fine.width * fine.height * n_bands  # progress counts output pixels
     done = 0
     if progress:
         progress(name, 0, total)
@@ -693,13 +693,14 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             t2 = time.perf_counter()
             step = f"{name} ({fmt.label})"
             if progress:
-                progress(step, 0, 1)
+                progress(step, 0, total)
             write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
-                         progress=(lambda i, n: progress(step, i, n)) if progress else None)
+                         progress=(lambda i, n: progress(step, total * i // max(n, 1), total))
+                         if progress else None)
             log.debug("%s: fit %.1f s, tiles %.1f s, %s %.1f s", name, t1 - t0, t2 - t1,
                       fmt.label, time.perf_counter() - t2)
             if progress:
-                progress(step, 1, 1)
+                progress(step, total, total)
         finally:
             for path in (tmp_tif, Path(f"{tmp_tif}.aux.xml")):
                 with contextlib.suppress(FileNotFoundError):
@@ -718,7 +719,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                   aux_coarse: list | None, *, conserve: bool, tile_batch: int,
                   done: int, total: int, progress: Progress | None,
                   extras: ExtraSinks | None = None) -> int:
-    """Predict, stitch, conserve and write one group of bands; returns tiles done.
+    """Predict, stitch, conserve and write one group of bands; returns output pixels done.
 
     Its own function so that the stitch buffer is freed before the COG copy.
     """
@@ -760,7 +761,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     for tiles, preds in _ordered(engine, items, job, predictor):
         for tile, pred in zip(tiles, preds, strict=True):
             stitch.add(tile, pred)
-        done += len(tiles)
+        done += sum(t.core.width * t.core.height for t in tiles) * len(group)  # cores tile the grid
         if progress:
             progress(name, done, total)
         if tiles[-1].col == plan.cols.count - 1:
