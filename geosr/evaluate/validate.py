@@ -328,11 +328,12 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
     if cfg.plots_dir is not None:
         from geosr.evaluate import figures
 
-        b = cfg.plot_band - 1
+        variable, band_label = figures.field_labels(data.descriptions, data.dates,
+                                                    cfg.plot_band)
         plots += tuple(str(p) for p in figures.write_all(
             Path(cfg.plots_dir), grid=data.grid, truth=sc.truth, pred=sc.pred,
             baselines=sc.fields, band=cfg.plot_band, units=data.units,
-            variable=data.descriptions[b], metrics=overall.metrics))
+            variable=variable, band_label=band_label, metrics=overall.metrics))
 
     broken = tuple(msg for t in cfg.thresholds if (msg := t.check(overall.metrics[t.metric])))
     report = ValidationReport(
