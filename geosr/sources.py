@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def layer_name_from_path(path: str) -> str:
     if not name or not name[0].isalpha():
         name = f"aux_{name}"
     return name[:64]
+
+
+_UNSAFE_IN_FILE_NAMES = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+"""Characters that Windows, macOS or Linux file systems refuse (or shells mangle)."""
+
+
+def file_stem_from_path(path: str) -> str:
+    """Stem for a default output name: the file stem (or NetCDF variable) with letters of
+    any script kept (``Zürich.tif`` -> ``Zürich``); only characters that common file
+    systems refuse (control characters, ``< > : " / \\ | ? *``) become ``_``, and
+    leading or trailing dots and spaces are dropped."""
+    m = _VARIABLE_RE.match(path)
+    stem = m.group(1) if m else Path(path).stem
+    name = _UNSAFE_IN_FILE_NAMES.sub("_", unicodedata.normalize("NFC", stem)).strip(" .")
+    return name[:200] or "output"
 
 
 def resolve_categorical(specs: tuple[LayerSpec, ...] | list[LayerSpec], *,

@@ -92,7 +92,12 @@ from geosr.io.read import (
 )
 from geosr.io.sinks import atomic_output, check_output, output_format, stage_path, write_output
 from geosr.io.write import check_written, open_stream_writer
-from geosr.sources import LayerSpec, layer_name_from_path, resolve_categorical
+from geosr.sources import (
+    LayerSpec,
+    file_stem_from_path,
+    layer_name_from_path,
+    resolve_categorical,
+)
 from geosr.timerange import select_bands, subset_info
 from geosr.units import UnitPlan, ValueRange, conversion, plan_units
 
@@ -116,7 +121,7 @@ MAX_GROUP_BANDS = 32
 
 
 def _default_output(path: str, res_m: float, out_dir: Path | None) -> Path:
-    name = f"{layer_name_from_path(path)}_{res_m:g}m.tif"
+    name = f"{file_stem_from_path(path)}_{res_m:g}m.tif"
     if out_dir is not None:
         return Path(out_dir) / name
     return Path(container_file(path)).parent / name  # NETCDF:"file.nc":var -> beside file.nc

@@ -145,7 +145,14 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
     An existing empty ``final`` is replaced; a non-empty one only with ``overwrite``.
     """
     final = check_output_dir(final, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_TAG}-", dir=final.parent))
+    # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and the dataset
+    # would keep that mode; mkdir follows the umask like any folder the user makes.
+    tmp = final.with_name(f".{final.name}{TMP_TAG}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(tmp)
+    except OSError as e:
+        raise ProcessingError(f"{final}: cannot create a folder beside it ({e.strerror or e}); "
+                              "nothing was written") from e
     try:
         yield tmp
         if final.exists():
