@@ -336,3 +336,24 @@ def test_crafted_checkpoint_never_runs(kind, tmp_path):
     assert "--resume" in line and str(evil) in line and "refused" in line
     assert not marker.exists() and not out.exists()
     assert not out.with_suffix(".ckpt").exists()
+
+
+def test_sigterm_during_training_keeps_the_last_checkpoint(tmp_path):
+    """SLURM's time limit mid-epoch: exit 143, one line, no model, no temporaries, and the
+    checkpoint of the last complete epoch intact for --resume."""
+    ds = make_dataset(tmp_path)
+    out = tmp_path / "m.geosr"
+    ckpt = out.with_suffix(".ckpt")
+    proc = _start(["train", str(ds), "-o", str(out), "--epochs", "5", *FAST], tmp_path,
+                  delay=0.15)
+    _wait_for(ckpt.exists, proc)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geosr train: terminated (SIGTERM)"), err
+    assert "checkpoint" in lines[0] and "--resume" in lines[0]
+    assert not out.exists() and not _temps(tmp_path)
+    done = torch.load(ckpt, weights_only=True)
+    assert 1 <= json.loads(done["meta"])["epoch"] < 5
