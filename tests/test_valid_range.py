@@ -18,7 +18,7 @@ from geosr.align import block_mean
 from geosr.cli import app
 from geosr.cli.options import parse_layers, parse_valid_range
 from geosr.constraints import ValidRange
-from geosr.errors import InputError
+from geosr.errors import BundleError, InputError
 from geosr.inference.config import DownscaleConfig, Method
 from geosr.inference.run import downscale
 
@@ -251,7 +251,7 @@ def test_manifest_without_a_range_reads_as_none(tmp_path):
     assert m.valid_range is None  # a temperature: no range inferred, none recorded
 
 
-def test_bundle_range_is_outside_the_hash_and_optional(tmp_path):
+def test_bundle_range_is_hashed_and_optional(tmp_path):
     import dataclasses
     import json
 
@@ -263,10 +263,17 @@ def test_bundle_range_is_outside_the_hash_and_optional(tmp_path):
     a = load_bundle(path)
     assert a.valid_range is None  # written without one, like bundles before ranges
     b = save_bundle(tmp_path / "b.geosr", dataclasses.replace(a, valid_range=ValidRange(0.0)))
-    assert b.sha256 == a.sha256 and load_bundle(tmp_path / "b.geosr").valid_range == \
+    # the range changes outputs: inside the content hash
+    assert b.sha256 != a.sha256 and load_bundle(tmp_path / "b.geosr").valid_range == \
         ValidRange(0.0)
     payload = torch.load(tmp_path / "b.geosr", weights_only=True)
-    assert json.loads(payload["meta"])["valid_range"] == "0:"
+    meta = json.loads(payload["meta"])
+    assert meta["valid_range"] == "0:"
+    meta["valid_range"] = "1:"
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "c.geosr")
+    with pytest.raises(BundleError, match="content hash"):
+        load_bundle(tmp_path / "c.geosr")
 
 
 def test_model_range_is_converted_into_the_input_units():

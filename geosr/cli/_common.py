@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from geosr.cli._app import Settings
 from geosr.cli._log import console as stderr
