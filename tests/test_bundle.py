@@ -202,10 +202,9 @@ def test_one_bit_in_any_hashed_field_is_refused(tmp_path, full_bundle, key):
     assert "hash" in msg
 
 
-def test_descriptive_fields_are_outside_the_hash(tmp_path):
+def test_descriptive_fields_are_outside_the_hash(tmp_path, full_bundle):
     path = tmp_path / "m.geosr"
-    saved, _ = write_bundle(path)
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(full_bundle, weights_only=True)
     meta = json.loads(payload["meta"])
     meta["training"]["epochs"] = 4
     meta["geosr_version"] = "0.0.1"
@@ -300,10 +299,10 @@ def test_damaged_or_foreign_files_give_one_line_errors(bundle_path, tmp_path, da
 
 @pytest.mark.parametrize("where", ["local-header", "local-header-name", "central-directory",
                                    "data", "truncated"])
-def test_damaged_zip_header_is_reported_as_damage(bundle_path, tmp_path, where):
+def test_damaged_zip_header_is_reported_as_damage(full_bundle, tmp_path, where):
     """Not as "holds Python objects ... could run code": torch's reader misreads a
     damaged header and then fails to unpickle."""
-    data = bytearray(bundle_path.read_bytes())
+    data = bytearray(full_bundle.read_bytes())
     cd = bytes(data).find(b"PK\x01\x02")
     if where == "truncated":
         data = data[: cd + 10]
