@@ -18,7 +18,14 @@ from geosr.errors import BundleError, InputError, OutputExistsError
 from geosr.model.bundle import load_bundle
 from geosr.model.predictor import Predictor
 from geosr.training.config import Loss, TrainConfig, side_paths
-from geosr.training.data import DatasetReader, SplitKind, make_split, plan_patches, read_batch
+from geosr.training.data import (
+    DatasetReader,
+    SplitKind,
+    make_split,
+    plan_patches,
+    read_batch,
+    training_scenes,
+)
 from geosr.training.loop import lr_factor, recon_loss, train, validate
 
 FAST = dict(patch=4, batch_size=4, steps_per_epoch=4, arch=TINY_ARCH, device="cpu", threads=1)
@@ -167,7 +174,10 @@ def test_max_minutes_stops_cleanly_and_keeps_the_best_model(tiny_dataset, tmp_pa
     m = read_manifest(tiny_dataset)
     split = make_split(m, val_fraction=0.2)
     with DatasetReader(m, ("dem",), (1, 2, 3, 4)) as rd:
-        metrics, _ = validate(b.build_model(), rd, m, split, b.aux, b.norm, torch.device("cpu"))
+        scenes = training_scenes(rd, (1, 2, 3, 4), b.aux, m.factor,
+                                 train_std=b.norm["coarse"]["std"])
+        metrics, _ = validate(b.build_model(), rd, m, split, b.aux, b.norm, torch.device("cpu"),
+                              scenes=scenes)
     assert metrics["rmse"] == pytest.approx(b.training["val"]["rmse"], rel=1e-6)
 
 

@@ -47,6 +47,9 @@ class TileJob:
         spread: also predict the per-pixel spread (a probabilistic model, or the
             sharpening fit's residual spread); tiles then hold the bands' best
             estimates followed by their spreads.
+        scenes: per band of the group being predicted, its
+            :class:`~geosr.model.scene.Scene` (a scene-adaptive model): statistics of the
+            whole band, so that every tile sees the same ones.
     """
 
     method: Method
@@ -60,6 +63,7 @@ class TileJob:
     batch: int = 1
     context: int = 0
     spread: bool = False
+    scenes: tuple[Any, ...] = ()
 
 
 def context_margin(job: TileJob, read: Window) -> tuple[int, int, int, int]:
@@ -158,11 +162,16 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     coarse = np.concatenate(coarse_wins).astype(np.float32)
     aux = np.concatenate([np.repeat(a[None], bands, axis=0) for a in auxes]) if job.aux else None
     margin = context_margin(job, tiles[0].read)  # tiles of one batch share their shape
+    # Samples are tile-major, band-minor (the concatenation above).
+    scenes = list(job.scenes) * len(tiles) if job.scenes else None
     outs = []
     for k in range(0, coarse.shape[0], max(1, job.batch)):
+        extra: dict[str, Any] = {"with_spread": True} if job.spread else {}
+        if scenes is not None:
+            extra["scenes"] = scenes[k:k + job.batch]
         outs.append(np.asarray(predictor.predict(
             coarse[k:k + job.batch], None if aux is None else aux[k:k + job.batch],
-            margin=margin, **({"with_spread": True} if job.spread else {})), dtype=np.float32))
+            margin=margin, **extra), dtype=np.float32))
     pred = np.concatenate(outs)
     if job.spread:  # (n, 2, H, W) -> per tile (2 * bands, H, W): estimates, then spreads
         return [pred[i * bands:(i + 1) * bands].transpose(1, 0, 2, 3).reshape(

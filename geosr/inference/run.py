@@ -647,6 +647,11 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                                        categorical=bool(s.categorical), name=s.name,
                                        max_cells=FIT_MAX_CELLS)
                       for s, (_, r) in zip(aux, job.aux, strict=True)]
+    elif getattr(predictor, "scene", False):  # continuous layers' cell means
+        aux_coarse = [None if spec.categorical else _read_coarse_aux(
+            s.path, fine, coarse_grid, engine.workers, resampling=r, name=s.name,
+            max_cells=FIT_MAX_CELLS).values[0]
+            for s, spec, (_, r) in zip(aux, predictor.bundle.aux, job.aux, strict=True)]
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else info.variable or layer_name_from_path(info.path)
@@ -751,6 +756,8 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                     "there", info.path, group[0] + 1, group[-1] + 1)
     if job.method is Method.sharpen:
         job = _with_fits(job, coarse, aux_coarse, info, group, dst)
+    elif getattr(predictor, "scene", False):
+        job = _with_scenes(job, coarse, aux_coarse, predictor, info, group, dst)
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
@@ -857,6 +864,22 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterI
         fits.append(fit)
     # Indexing in predict_tiles is by position within the group.
     return replace(job, fits=tuple(fits))
+
+
+def _with_scenes(job: TileJob, coarse: np.ndarray, aux_coarse: list, predictor,
+                 info: RasterInfo, group: list[int], dst) -> TileJob:
+    """Each band's :class:`~geosr.model.scene.Scene` (whole band, model units) for a
+    scene-adaptive model; the band tags record it (``GEOSR_SCENE_*``)."""
+    from dataclasses import replace
+
+    scenes = []
+    for k, b in enumerate(group):
+        scene = predictor.scene_of(coarse[k], aux_coarse or [None] * len(predictor.bundle.aux))
+        log.info("%s band %d: scene mean %.4g, std %.4g over %d cells, sharpening R2 %.3f",
+                 info.path, b + 1, scene.mean, scene.std, scene.cells, scene.r2)
+        dst.update_tags(b + 1, **scene.tags())
+        scenes.append(scene)
+    return replace(job, scenes=tuple(scenes))
 
 
 def _read_coarse_aux(path: str, fine: Grid, coarse: Grid, workers: int, *,

@@ -55,6 +55,47 @@ def encode_aux(aux: torch.Tensor, specs: tuple[AuxChannelSpec, ...]) -> torch.Te
     return torch.cat(chans, dim=1)
 
 
+def encode_batch(coarse, aux, norm: dict, specs: tuple[AuxChannelSpec, ...],
+                 scenes=None):
+    """Network inputs of a batch, and how to map its output back to physical units.
+
+    Args:
+        coarse: ``(N, 1, h, w)`` NaN-filled coarse tensor, model units.
+        aux: ``(N, A, H, W)`` aux tensor in layer units, or None.
+        norm: the bundle's normalisation (``coarse``/``target`` mean and std).
+        specs: the bundle's aux layers.
+        scenes: per sample a :class:`~geosr.model.scene.Scene` (a scene-adaptive model):
+            the coarse input is standardised with the scene's mean and std instead of
+            the training statistics, and the scene's gains are returned.
+
+    Returns:
+        ``(xc, xa, scene_gain, mean, std)``: network inputs (``xa``/``scene_gain`` None
+        when absent); the output is ``y * std + mean`` (``(N, 1, 1, 1)`` tensors).
+    """
+    import torch
+
+    xa = encode_aux(aux, specs) if aux is not None and specs else None
+    n = coarse.shape[0]
+    if scenes is None:
+        tn = norm["target"]
+        xc = encode_coarse(coarse, norm)
+        mean = coarse.new_full((n, 1, 1, 1), float(tn["mean"]))
+        std = coarse.new_full((n, 1, 1, 1), float(tn["std"]))
+        return xc, xa, None, mean, std
+    if len(scenes) != n:
+        raise InputError(f"scenes: expected one per sample ({n}), got {len(scenes)}")
+    mean = torch.tensor([s.mean for s in scenes], dtype=coarse.dtype,
+                        device=coarse.device).view(n, 1, 1, 1)
+    std = torch.tensor([s.std for s in scenes], dtype=coarse.dtype,
+                       device=coarse.device).view(n, 1, 1, 1)
+    xc = torch.nan_to_num((coarse - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+    sg = None
+    if xa is not None and xa.shape[1]:
+        sg = torch.tensor([list(s.gain) for s in scenes], dtype=coarse.dtype,
+                          device=coarse.device)
+    return xc, xa, sg, mean, std
+
+
 def check_aux_array(aux: np.ndarray | None, specs: tuple[AuxChannelSpec, ...], n: int,
                     fine_shape: tuple[int, int], *, where: str = "model") -> None:
     """Raise a one-line error when ``aux`` does not fit the model's aux layers."""
@@ -222,9 +263,22 @@ class Predictor:
         self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model)
         self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
 
+    @property
+    def scene(self) -> bool:
+        """Whether the model is scene-adaptive (it wants :class:`~geosr.model.scene.Scene` s)."""
+        return bool(getattr(self.config, "scene", False))
+
+    def scene_of(self, coarse: np.ndarray, aux_coarse) -> Any:
+        """The :class:`~geosr.model.scene.Scene` of a whole band (see
+        :func:`geosr.model.scene.scene_of`); ``aux_coarse`` per aux layer."""
+        from geosr.model.scene import scene_of
+
+        return scene_of(coarse, aux_coarse, self.bundle.aux,
+                        train_std=float(self.bundle.norm["coarse"]["std"]))
+
     def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
                 margin: tuple[int, int, int, int] = (0, 0, 0, 0),
-                with_spread: bool = False) -> np.ndarray:
+                with_spread: bool = False, scenes=None) -> np.ndarray:
         """Downscale a batch of coarse windows.
 
         Args:
@@ -238,6 +292,11 @@ class Predictor:
                 is most of the cost) only the inner region plus :attr:`decode_halo`
                 cells, and the result covers the inner region.
             with_spread: also return the per-pixel spread of a probabilistic model.
+            scenes: per sample, the :class:`~geosr.model.scene.Scene` of the band it
+                comes from (a scene-adaptive model; ignored otherwise). Without them a
+                scene-adaptive model takes each window as its own scene, so the output
+                then depends on the window: the downscale engine passes whole-band
+                scenes.
 
         Returns:
             ``(N, h*f, w*f)`` float32 in physical units (the inner region with a
@@ -273,35 +332,43 @@ class Predictor:
             return out
         filled = fill_nearest(coarse)
         step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
-        tn = self.bundle.norm["target"]
+        if self.scene and scenes is None:
+            from geosr.model.scene import window_scene
+
+            scenes = [window_scene(coarse[i], None if aux is None else aux[i], self.bundle.aux,
+                                   f, train_std=float(self.bundle.norm["coarse"]["std"]))
+                      for i in range(n)]
+        if not self.scene:
+            scenes = None
+        elif len(scenes) != n:
+            raise InputError(f"scenes: expected one per sample ({n}), got {len(scenes)}")
         with torch.inference_mode():
             for k in range(0, n, step):
                 tc = torch.from_numpy(filled[k:k + step]).to(self.device)[:, None]
-                xc = encode_coarse(tc, self.bundle.norm)
-                xa = None
-                if self.bundle.aux:
-                    ta = torch.from_numpy(aux[k:k + step]).to(self.device)
-                    xa = encode_aux(ta, self.bundle.aux)
-                y = self._run(xc, xa, top, left, bottom, right)
-                mean = y[:, 0].float() * float(tn["std"]) + float(tn["mean"])
-                out[k:k + step, 0] = mean.cpu().numpy()
+                ta = torch.from_numpy(aux[k:k + step]).to(self.device) \
+                    if self.bundle.aux else None
+                xc, xa, sg, mean, std = encode_batch(
+                    tc, ta, self.bundle.norm, self.bundle.aux,
+                    None if scenes is None else scenes[k:k + step])
+                y = self._run(xc, xa, sg, top, left, bottom, right)
+                out[k:k + step, 0] = (y[:, :1].float() * std + mean)[:, 0].cpu().numpy()
                 if with_spread:
-                    out[k:k + step, 1] = (y[:, 1].float() * float(tn["std"])).cpu().numpy()
+                    out[k:k + step, 1] = (y[:, 1:2].float() * std)[:, 0].cpu().numpy()
         inner = coarse[:, None, top:h - bottom, left:w - right]
         out = mask_nodata_blocks(out, np.broadcast_to(inner, (*out.shape[:2], *inner.shape[2:])),
                                  f)
         return out if with_spread else out[:, 0]
 
-    def _run(self, xc, xa, top: int, left: int, bottom: int, right: int):
+    def _run(self, xc, xa, sg, top: int, left: int, bottom: int, right: int):
         """The network on one batch; with a margin, decode only the inner region."""
         if not (top or left or bottom or right):
-            return self.model(xc, xa)
+            return self.model(xc, xa, scene_gain=sg)
         m, f, d = self.model, self.factor, self.decode_halo
         h, w = xc.shape[-2:]
         feats = m.encode(xc, m.pool_aux(xa) if xa is not None else None)
         t0, l0 = top - min(d, top), left - min(d, left)
         b1, r1 = h - bottom + min(d, bottom), w - right + min(d, right)
         a = xa[..., t0 * f:b1 * f, l0 * f:r1 * f] if xa is not None else None
-        y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a)
+        y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a, scene_gain=sg)
         it, il = top - t0, left - l0
         return y[..., it * f:(it + h - top - bottom) * f, il * f:(il + w - left - right) * f]

@@ -61,6 +61,11 @@ class NetConfig:
             units; :meth:`Generator.forward` then returns two channels, the best estimate
             and the spread. Off: a deterministic model (bundles written before the option
             existed).
+        scene: scene-adaptive: the caller standardises the coarse input and the target
+            with each scene's own mean and std, and passes the scene's sharpening slopes
+            (``scene_gain`` of :meth:`Generator.forward`), which are added to the learned
+            gains (:mod:`geosr.model.scene`). Off: fixed training statistics (bundles
+            written before the option existed).
         norm: ``"none"`` (default), ``"batch"`` or ``"group"``. ``"none"`` keeps the
             network a local operator so tiled prediction is seamless; BatchNorm in train
             mode depends on batch statistics and is fragile with small batches;
@@ -83,6 +88,7 @@ class NetConfig:
     norm: str = "none"
     aux_gain: bool = True
     spread: bool = False
+    scene: bool = False
 
     def __post_init__(self) -> None:
         _check_int("factor", self.factor, MIN_FACTOR, MAX_FACTOR)
@@ -92,7 +98,7 @@ class NetConfig:
             _check_int(name, getattr(self, name), 4, MAX_WIDTH, multiple=4)
         _check_int("n_blocks", self.n_blocks, 1, MAX_BLOCKS)
         _check_int("fine_blocks", self.fine_blocks, 1, MAX_BLOCKS)
-        for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread"):
+        for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread", "scene"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("cam_window", self.cam_window, 0, 63)

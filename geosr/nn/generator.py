@@ -246,7 +246,8 @@ class Generator(nn.Module):
         return self.merge(t)
 
     def decode(self, features: torch.Tensor, coarse: torch.Tensor, aux: torch.Tensor | None,
-               *, fine_mask: torch.Tensor | None = None) -> torch.Tensor:
+               *, fine_mask: torch.Tensor | None = None,
+               scene_gain: torch.Tensor | None = None) -> torch.Tensor:
         """Fine field from coarse features (steps 4-7).
 
         Args:
@@ -255,6 +256,8 @@ class Generator(nn.Module):
                 conservation target.
             aux: ``(N, n_aux, hf, wf)`` or ``None`` when ``n_aux == 0``.
             fine_mask: optional ``(N, 1, hf, wf)`` valid fine cells for conservation.
+            scene_gain: optional ``(N, n_aux)`` per-sample gains added to the learned
+                ones (a scene-adaptive model, :mod:`geosr.model.scene`).
 
         Returns:
             ``(N, 1, hf, wf)``; ``(N, 2, hf, wf)`` (best estimate, spread) with
@@ -267,6 +270,13 @@ class Generator(nn.Module):
             raise ValueError(f"features: expected shape (N, C, h, w) matching coarse "
                              f"{_shape(coarse)}, got {_shape(features)}")
         gain = self.gain(_channels_last(features)) if self.gain is not None else None
+        if scene_gain is not None and self.cfg.n_aux:
+            if not isinstance(scene_gain, torch.Tensor) or \
+                    tuple(scene_gain.shape) != (coarse.shape[0], self.cfg.n_aux):
+                raise ValueError(f"scene_gain: expected shape {(coarse.shape[0], self.cfg.n_aux)}, "
+                                 f"got {_shape(scene_gain)}")
+            sg = scene_gain.to(features.dtype)[:, :, None, None]
+            gain = sg.expand(-1, -1, *features.shape[2:]) if gain is None else gain + sg
         t = _channels_last(features)
         for up, mid in zip(self.ups, self.mids, strict=True):
             t = mid(up(t))
@@ -291,7 +301,8 @@ class Generator(nn.Module):
         return out
 
     def forward(self, coarse: torch.Tensor, aux: torch.Tensor | None = None, *,
-                fine_mask: torch.Tensor | None = None) -> torch.Tensor:
+                fine_mask: torch.Tensor | None = None,
+                scene_gain: torch.Tensor | None = None) -> torch.Tensor:
         """Downscale.
 
         Args:
@@ -301,6 +312,7 @@ class Generator(nn.Module):
                 channels) when ``n_aux == 0``.
             fine_mask: optional ``(N, 1, h*factor, w*factor)`` bool/0-1 valid fine cells;
                 conservation then averages over valid cells only.
+            scene_gain: optional ``(N, n_aux)`` scene slopes (see :meth:`decode`).
 
         Returns:
             ``(N, 1, h*factor, w*factor)``; with ``cfg.spread``, ``(N, 2, ...)``: the best
@@ -313,7 +325,7 @@ class Generator(nn.Module):
         if self.cfg.n_aux == 0:
             aux = None
         feats = self.encode(coarse, self.pool_aux(aux) if aux is not None else None)
-        return self.decode(feats, coarse, aux, fine_mask=fine_mask)
+        return self.decode(feats, coarse, aux, fine_mask=fine_mask, scene_gain=scene_gain)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,10 @@ class TrainConfig:
         warmup: fraction of the steps with a linear warm-up.
         steps_per_epoch: None = about one pass over the training cells.
         augment: random flips/rotations of patches (for isotropic fields only).
+        scene: a scene-adaptive network (:mod:`geosr.model.scene`): each sample is
+            standardised with its own band's coarse mean and std and given that band's
+            sharpening slopes, so the model carries over to other periods, variables
+            and regions. Off: one fixed standardisation (the training data's).
         arch: overrides of :class:`geosr.nn.NetConfig` fields, as (name, value) pairs.
         cache_mb: read the dataset into memory when it fits in this many MB.
         amp: mixed precision on CUDA (bf16 where supported, else fp16).
@@ -123,6 +127,7 @@ class TrainConfig:
     warmup: float = 0.05
     steps_per_epoch: int | None = None
     augment: bool = False
+    scene: bool = True
     arch: tuple[tuple[str, Any], ...] = ()
     cache_mb: float = 256.0
     amp: bool = True

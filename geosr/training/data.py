@@ -354,3 +354,57 @@ def _dihedral(x: np.ndarray, t: int) -> np.ndarray:
     if t & 4:
         x = x[..., ::-1]
     return np.ascontiguousarray(np.rot90(x, t & 3, axes=(-2, -1)))
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def aux_coarse_means(reader: DatasetReader, specs, factor: int,
+                     strip_cells: int = 64) -> list[np.ndarray | None]:
+    """Per aux layer, its mean over each coarse cell (None for categorical layers).
+
+    Read in strips of ``strip_cells`` coarse rows, so memory stays bounded.
+    """
+    from geosr.arrays import block_mean
+
+    g = reader.manifest.coarse_grid
+    out: list[np.ndarray | None] = [None if s.categorical else
+                                    np.full(g.shape, np.nan, np.float32) for s in specs]
+    if not any(o is not None for o in out):
+        return out
+    for r0 in range(0, g.height, strip_cells):
+        h = min(strip_cells, g.height - r0)
+        aux = reader.aux(Window(0, r0 * factor, g.width * factor, h * factor))
+        for k, o in enumerate(out):
+            if o is not None:
+                o[r0:r0 + h] = block_mean(aux[k], factor)
+    return out
+
+
+def training_scenes(reader: DatasetReader, bands: tuple[int, ...], specs, factor: int, *,
+                    train_std: float) -> dict:
+    """The :class:`~geosr.model.scene.Scene` of each band: the whole coarse band and the
+    aux means over its cells, as ``downscale`` computes them for a whole input band."""
+    from geosr.model.scene import scene_of
+
+    g = reader.manifest.coarse_grid
+    layers = aux_coarse_means(reader, specs, factor)
+    full = Window(0, 0, g.width, g.height)
+    return {b: scene_of(reader.coarse(b, full), layers, specs, train_std=train_std)
+            for b in sorted(set(bands))}
+
+
+def scene_ranges(scenes: dict, specs) -> dict:
+    """What the training scenes spanned (the bundle's record, for domain-shift checks)."""
+    if not scenes:
+        return {}
+    vals = list(scenes.values())
+    names = [n for s in specs for n in s.channel_names]
+
+    def span(xs):
+        return [float(min(xs)), float(max(xs))]
+
+    return {"n": len(vals), "mean": span([s.mean for s in vals]),
+            "std": span([s.std for s in vals]),
+            "gain": {n: span([s.gain[i] for s in vals]) for i, n in enumerate(names)
+                     if not any(s.categorical and n in s.channel_names for s in specs)}}

@@ -44,7 +44,7 @@ from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
-from geosr.model.predictor import encode_aux, encode_coarse
+from geosr.model.predictor import encode_batch
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
 from geosr.training.config import (
     DEFAULT_PATCH,
@@ -65,6 +65,8 @@ from geosr.training.data import (
     make_split,
     plan_patches,
     read_batch,
+    scene_ranges,
+    training_scenes,
 )
 from geosr.training.spread import spread_calibration
 
@@ -157,14 +159,14 @@ def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpe
     from geosr.nn import NetConfig
 
     arch = dict(cfg.arch)
-    reserved = {"factor", "n_coarse", "n_aux", "conserve", "spread"} & set(arch)
+    reserved = {"factor", "n_coarse", "n_aux", "conserve", "spread", "scene"} & set(arch)
     if reserved:
         raise InputError(f"--arch {sorted(reserved)[0]}: set by the dataset and options; "
                          "expected other architecture fields")
     try:
         return NetConfig(factor=manifest.factor, n_coarse=1,
                          n_aux=sum(s.channels for s in specs), conserve=cfg.conserve,
-                         spread=cfg.probabilistic, **arch)
+                         spread=cfg.probabilistic, scene=cfg.scene, **arch)
     except (TypeError, ValueError) as e:
         raise InputError(f"--arch: {e}") from e
 
@@ -258,10 +260,31 @@ def _fine(w: Window, f: int) -> Window:
     return Window(int(w.col_off) * f, int(w.row_off) * f, int(w.width) * f, int(w.height) * f)
 
 
+def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
+                 specs: tuple[AuxChannelSpec, ...], device, scene=None) -> np.ndarray:
+    """The model on one window (eval mode, no grad): ``(C, H, W)`` in physical units.
+
+    ``coarse (h, w)`` and ``aux (A, H, W)`` in physical units; ``scene`` the band's
+    :class:`~geosr.model.scene.Scene` for a scene-adaptive model. Channel 1 (a
+    probabilistic model's spread) is scaled but not shifted.
+    """
+    import torch
+
+    tc = torch.from_numpy(fill_nearest(coarse))[None, None].to(device)
+    ta = torch.from_numpy(aux)[None].to(device) if specs else None
+    xc, xa, sg, mean, std = encode_batch(tc, ta, norm, specs,
+                                         [scene] if scene is not None else None)
+    y = model(xc, xa, scene_gain=sg).float()
+    y = torch.cat([y[:, :1] * std + mean, y[:, 1:] * std], dim=1)
+    return y[0].cpu().numpy()
+
+
 def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
              specs: tuple[AuxChannelSpec, ...], norm: dict, device, *,
-             baseline: bool = False) -> tuple[dict, dict | None]:
+             baseline: bool = False, scenes: dict | None = None) -> tuple[dict, dict | None]:
     """Predict the validation data tile by tile; metrics in the target's physical units.
+
+    ``scenes``: per band, its :class:`~geosr.model.scene.Scene` (a scene-adaptive model).
 
     Returns:
         (network metrics, bilinear-interpolation metrics on the same pixels or None).
@@ -272,7 +295,6 @@ def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
 
     f = manifest.factor
     acc, base = _Acc(), _Acc()
-    tn = norm["target"]
     was_training = model.training
     model.eval()
     try:
@@ -289,12 +311,8 @@ def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
                     coarse = reader.coarse(band, read)
                     if not np.isfinite(coarse).any():
                         continue
-                    xc = encode_coarse(torch.from_numpy(fill_nearest(coarse))[None, None]
-                                       .to(device), norm)
-                    xa = encode_aux(torch.from_numpy(aux)[None].to(device), specs) \
-                        if specs else None
-                    y = model(xc, xa)[0, 0].float().cpu().numpy()
-                    pred = y * float(tn["std"]) + float(tn["mean"])
+                    pred = predict_tile(model, coarse, aux, norm, specs, device,
+                                        scenes.get(band) if scenes else None)[0]
                     nanc = ~np.isfinite(coarse)
                     pred[np.repeat(np.repeat(nanc, f, 0), f, 1)] = np.nan
                     acc.add(pred[ys, xs], truth)
@@ -459,6 +477,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
         raise InputError(f"{cfg.dataset}: the validation data ({split.describe(manifest)}) "
                          "hold no valid target cells; expected another --val-samples, "
                          "--val-fraction or --val-block")
+    scenes = None
+    if net_cfg.scene:
+        scenes = training_scenes(reader, tuple(s.band for s in manifest.samples), specs,
+                                 manifest.factor, train_std=float(norm["coarse"]["std"]))
     steps = cfg.steps_per_epoch or min(MAX_STEPS_PER_EPOCH, max(
         MIN_STEPS_PER_EPOCH, math.ceil(plan.patches_per_pass() / cfg.batch_size)))
     steps = max(1, math.ceil(steps / dist.world_size))
@@ -530,7 +552,6 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     t_loop = time.perf_counter()
     deadline = t_loop + cfg.max_minutes * 60 if cfg.max_minutes else None
     stopped = "epochs"
-    tn_mean, tn_std = float(norm["target"]["mean"]), float(norm["target"]["std"])
     bce = torch.nn.BCEWithLogitsLoss()
     f = manifest.factor
     calibration: dict = {}
@@ -549,6 +570,9 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
+            "scene": bool(net_cfg.scene),
+            **({"scene_ranges": scene_ranges({b: scenes[b] for b in split.train_bands}, specs)}
+               if scenes else {}),
             **({"spread_calibration": calibration} if calibration else {}),
         }
 
@@ -566,14 +590,15 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             picks = rng.integers(0, len(plan.starts), size=cfg.batch_size)
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
-            xc = encode_coarse(torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
-                               norm)
-            xa = encode_aux(torch.from_numpy(batch.aux).to(device), specs) if specs else None
+            xc, xa, sg, mu, sd = encode_batch(
+                torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
+                torch.from_numpy(batch.aux).to(device) if specs else None, norm, specs,
+                [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None)
             tgt = torch.from_numpy(batch.target)[:, None].to(device)
             mask = torch.isfinite(tgt)
-            tgt = torch.nan_to_num((tgt - tn_mean) / tn_std, nan=0.0)
+            tgt = torch.nan_to_num((tgt - mu) / sd, nan=0.0)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = ddp_model(xc, xa)
+                pred = ddp_model(xc, xa, scene_gain=sg)
             pred = pred.float()
             spread = None
             if cfg.probabilistic:  # the mean learns from recon_loss alone, the spread from CRPS
@@ -626,7 +651,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                         "partial": partial}
         if dist.is_main:
             metrics, base = validate(model, reader, manifest, split, specs, norm, device,
-                                     baseline=baseline is None)
+                                     baseline=baseline is None, scenes=scenes)
             if base is not None:
                 baseline = base
             record.update(val_rmse=metrics["rmse"], val_mae=metrics["mae"],
@@ -670,7 +695,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         if cfg.probabilistic:
             model.load_state_dict(best_state)
-            calibration = spread_calibration(model, reader, manifest, split, specs, norm, device)
+            calibration = spread_calibration(model, reader, manifest, split, specs, norm, device,
+                                             scenes=scenes)
             best_state = dict(best_state)
             best_state["spread_head.scale"] = best_state["spread_head.scale"] * calibration["scale"]
             log.info("spread calibrated on the validation data: x%.3f (90%% interval coverage "

@@ -16,9 +16,6 @@ import math
 import numpy as np
 from scipy import special
 
-from geosr.arrays import fill_nearest
-from geosr.model.predictor import encode_aux, encode_coarse
-
 log = logging.getLogger(__name__)
 
 CALIBRATION_LEVEL = 0.9
@@ -28,7 +25,8 @@ MAX_SAMPLES = 2_000_000
 """Validation pixels kept for the quantile of ``|z|`` (a systematic subsample beyond)."""
 
 
-def spread_calibration(model, reader, manifest, split, specs, norm, device) -> dict:
+def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
+                       scenes: dict | None = None) -> dict:
     """The spread factor and the validation coverage before and after it.
 
     Returns:
@@ -37,7 +35,7 @@ def spread_calibration(model, reader, manifest, split, specs, norm, device) -> d
     """
     import torch
 
-    from geosr.training.loop import _fine, _val_tiles
+    from geosr.training.loop import _fine, _val_tiles, predict_tile
 
     f = manifest.factor
     zs = []
@@ -55,14 +53,9 @@ def spread_calibration(model, reader, manifest, split, specs, norm, device) -> d
                     coarse = reader.coarse(band, read)
                     if not (np.isfinite(truth).any() and np.isfinite(coarse).any()):
                         continue
-                    xc = encode_coarse(torch.from_numpy(fill_nearest(coarse))[None, None]
-                                       .to(device), norm)
-                    xa = encode_aux(torch.from_numpy(aux)[None].to(device), specs) \
-                        if specs else None
-                    y = model(xc, xa)[0].float().cpu().numpy()
-                    tn = norm["target"]
-                    t = (truth - float(tn["mean"])) / float(tn["std"])
-                    z = (t - y[0][ys, xs]) / y[1][ys, xs]
+                    y = predict_tile(model, coarse, aux, norm, specs, device,
+                                     scenes.get(band) if scenes else None)
+                    z = (truth - y[0][ys, xs]) / y[1][ys, xs]
                     zs.append(np.abs(z[np.isfinite(z)]))
     finally:
         model.train(was_training)
