@@ -195,3 +195,28 @@ def test_cli_prints_one_row_per_index_with_baselines(tmp_path):
         line = next(x for x in out.splitlines() if label in x)
         assert len(line.split()) >= 3 + len(label.split())  # PRED, bicubic, bilinear
     assert "TXx" not in out
+
+
+def test_real_rain_interpolation_lowers_rx1day(real_data, tmp_path):
+    # HadUK-Grid daily rain (mm), West Cornwall, first 5 days of May 2018, 8 km block means.
+    import rasterio
+
+    src = real_data / "haduk-cornwall-1km-may2018" / "target" / "rainfall1km.tif"
+    with rasterio.open(src) as s:
+        truth = s.read(indexes=list(range(1, 6))).astype(np.float32)
+        profile = s.profile
+    profile.update(count=5)
+    t_path = tmp_path / "rain.tif"
+    with rasterio.open(t_path, "w", **profile) as d:
+        d.write(truth)
+        for b in range(1, 6):
+            d.set_band_unit(b, "mm")
+    h, w = truth.shape[1] // 8 * 8, truth.shape[2] // 8 * 8
+    c = block_mean(truth[:, :h, :w], 8)
+    t = profile["transform"]
+    c_path = write_raster(tmp_path / "rain8.tif", c, crs=profile["crs"],
+                          transform=rasterio.Affine(t.a * 8, 0, t.c, 0, t.e * 8, t.f))
+    r = validate(ValidateConfig(pred=str(t_path), truth=str(t_path), coarse=str(c_path)))
+    assert r.n_valid_indices > 1000
+    assert r.indices["pred"]["rx1day_bias"] == 0
+    assert r.indices["bilinear"]["rx1day_bias"] < 0 < r.indices["bilinear"]["rx1day_rmse"]
