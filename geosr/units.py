@@ -169,6 +169,12 @@ def parse_unit(text: str | None) -> Unit | None:
     return _UNITS[sym] if sym else None
 
 
+def is_temperature(text: str | None) -> bool:
+    """Whether a unit string names a temperature unit (K, degC, degF and their aliases)."""
+    unit = parse_unit(text)
+    return unit is not None and unit.quantity == TEMPERATURE
+
+
 def normalise(text: str | None) -> str:
     """Canonical spelling of a unit string; the cleaned string itself when unknown."""
     unit = parse_unit(text)

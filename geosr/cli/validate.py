@@ -19,6 +19,7 @@ from geosr.cli.options import (
     parse_valid_range,
 )
 from geosr.errors import InputError
+from geosr.evaluate.indices import INDICES
 from geosr.evaluate.metrics import METRICS, Better
 from geosr.evaluate.report import ValidationReport
 from geosr.evaluate.validate import BASELINES, ValidateConfig, validate
@@ -102,6 +103,8 @@ def validate_cmd(
     Metrics: rmse, mae, bias (pred - truth), pearson_r, r2, ssim, psnr, kge, wasserstein,
     js_divergence, gradient_ratio, spectrum_error, conservation_rmse (with --coarse),
     frac_outside_range (with a valid range), wet_day_freq_bias and p99_bias (precipitation).
+    Multi-date inputs: climate-index biases per pixel over the dates, for PRED and each
+    baseline: Rx1day and R10mm (precipitation), TXx and TNn (temperature units).
     """
     thresholds = tuple(parse_threshold(t, bound="above") for t in fail_above or ()) + \
         tuple(parse_threshold(t, bound="below") for t in fail_below or ())
@@ -183,6 +186,8 @@ def render(report: ValidationReport) -> None:
         t.add_row("skill", "",
                   *(_fmt(report.skill[b]) for b in report.baselines))
     stdout.print(t)
+    if report.indices:
+        _render_indices(report, units)
     subsets = [*report.blocks, *(report.bands if report.n_bands > 1 else ())]
     if subsets:
         s = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True,
@@ -208,3 +213,23 @@ def render(report: ValidationReport) -> None:
             for k, v in u.items()), highlight=False)
     for p in report.plots:
         stdout.print(f"figure: {p}", highlight=False)
+
+
+def _render_indices(report: ValidationReport, units: str) -> None:
+    """One row per climate index score, PRED and the baselines side by side."""
+    subjects = list(report.indices)
+    t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
+              title=f"climate indices over {report.n_bands} dates "
+                    f"({report.n_valid_indices:,} px valid at every date)",
+              caption="per pixel over the dates, then pred - truth; best per row in green")
+    t.add_column("index")
+    for c in subjects:
+        t.add_column(c.upper() if c == "pred" else c, justify="right")
+    for key in report.indices["pred"]:
+        spec = INDICES[key]
+        values = [report.indices[s][key] for s in subjects]
+        best = _best(spec, values)
+        cells = [f"[bold green]{_fmt(v)}[/]" if i == best else _fmt(v)
+                 for i, v in enumerate(values)]
+        t.add_row(spec.label + (units if spec.units == "field" else ""), *cells)
+    stdout.print(t)

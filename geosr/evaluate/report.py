@@ -59,6 +59,9 @@ class ValidationReport:
     broken: tuple[str, ...] = ()
     seconds: float = 0.0
     uncertainty: dict[str, float] = field(default_factory=dict)  # interval / ensemble scores
+    # climate-index scores per subject ("pred", then each baseline); {} when not computed
+    indices: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_valid_indices: int = 0  # pixels valid at every date, those the indices use
 
     @property
     def passed(self) -> bool:
@@ -87,6 +90,8 @@ class ValidationReport:
             "blocks": [sub(b) for b in self.blocks],
             "bands": [sub(b) for b in self.bands],
             "uncertainty": _clean(self.uncertainty),
+            "indices": {k: _clean(v) for k, v in self.indices.items()},
+            "n_valid_indices": self.n_valid_indices,
             "plots": list(self.plots), "passed": self.passed, "broken": list(self.broken),
             "seconds": round(self.seconds, 3),
         }
@@ -97,7 +102,9 @@ class ValidationReport:
         Columns (:data:`CSV_COLUMNS`): ``scope`` (overall | block | band), ``subject``
         (``pred`` or a baseline name), ``block_row``, ``block_col``, ``band``, ``date``,
         ``n_valid``, ``metric`` (a key of METRICS, or ``skill`` = 1 - RMSE_pred /
-        RMSE_subject), ``value`` (empty when undefined).
+        RMSE_subject, or a climate index score of :data:`geosr.evaluate.indices.INDICES`,
+        whose ``n_valid`` counts the pixels valid at every date), ``value`` (empty when
+        undefined).
         """
         rows: list[dict] = []
 
@@ -111,6 +118,8 @@ class ValidationReport:
         add("overall", "pred", {**self.metrics, **self.uncertainty}, self.n_valid)
         for name, values in self.baselines.items():
             add("overall", name, {**values, "skill": self.skill.get(name)}, self.n_valid)
+        for name, values in self.indices.items():
+            add("overall", name, values, self.n_valid_indices)
         for s in (*self.blocks, *self.bands):
             where = {"row": s.row, "col": s.col, "band": s.band, "date": s.date}
             add(s.scope, "pred", s.metrics, s.n_valid, **where)

@@ -18,6 +18,11 @@ reports the fraction of pixels outside it; for precipitation units (or with
 ``wet_threshold``) the wet-pixel frequency bias and the bias of the 99th percentile,
 which show what smoothing does to rain: drizzle everywhere and no heavy tail.
 
+For multi-date inputs (2 bands or more) of precipitation or temperature it also compares
+climate indices computed per pixel over the dates (Rx1day and R10mm for rain, TXx and
+TNn for temperature; :mod:`geosr.evaluate.indices`), for PRED and each baseline, on the
+pixels valid at every date in all of them.
+
 Optionally the same metrics per spatial block and per band (date), figures, and
 thresholds that a pipeline can gate on. The whole rasters are held in memory:
 roughly ``(3 + baselines) x bands x rows x cols x 4`` bytes.
@@ -40,13 +45,14 @@ from rasterio.windows import Window
 from geosr.align import check_coverage, is_aligned, resampling_for
 from geosr.constraints import ValidRange
 from geosr.errors import InputError
+from geosr.evaluate import indices as CI
 from geosr.evaluate import metrics as M
 from geosr.evaluate.report import SubsetResult, ValidationReport, write_csv, write_json
 from geosr.grid import Grid, native_cell_m
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.io.read import AlignedReader, RasterInfo, gdal_env, raster_info
 from geosr.sources import LayerSpec, resolve_categorical
-from geosr.units import AMOUNT, RATE, conversion, parse_unit
+from geosr.units import AMOUNT, RATE, conversion, is_temperature, parse_unit
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +323,7 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
                              scope="block"),
                     row=i, col=j, window=(r0, c0, r1 - r0, c1 - c0)))
 
+    indices, n_indices = _indices(sc)
     uncertainty, ranks = _uncertainty(cfg, data, ok)
     plots: tuple[str, ...] = ()
     if cfg.plots_dir is not None and ranks is not None:
@@ -345,12 +352,35 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
         valid_range=str(data.valid_range) if data.valid_range is not None else None,
         wet_threshold=data.wet_threshold, plots=plots, broken=broken,
         seconds=time.perf_counter() - t0, uncertainty=uncertainty,
+        indices=indices, n_valid_indices=n_indices,
     )
     if cfg.json_path is not None:
         write_json(report, cfg.json_path)
     if cfg.csv_path is not None:
         write_csv(report, cfg.csv_path)
     return report
+
+
+def _indices(sc: _Scorer) -> tuple[dict[str, dict[str, float]], int]:
+    """Climate-index scores of PRED and each baseline (``{}`` when the field is neither
+    precipitation nor temperature, or has one band), and the number of pixels they use:
+    those valid at every date in all the scored fields."""
+    data = sc.data
+    if data.n_bands < CI.MIN_DATES:
+        return {}, 0
+    if data.wet_threshold is not None:
+        kind = CI.PRECIPITATION
+    elif is_temperature(data.units):
+        kind = CI.TEMPERATURE
+    else:
+        return {}, 0
+    heavy = _mm_day_in(CI.HEAVY_MM_DAY, data.units)
+    n = int(CI.complete(sc.pred, sc.truth).sum())
+    if n == 0:
+        log.info("no pixel is valid at all %d dates; climate indices are undefined",
+                 data.n_bands)
+    fields = {"pred": sc.pred, **sc.fields}
+    return {k: CI.index_scores(f, sc.truth, kind, heavy=heavy) for k, f in fields.items()}, n
 
 
 def _uncertainty(cfg: ValidateConfig, data: _Aligned, ok: np.ndarray
@@ -530,11 +560,17 @@ def _wet_threshold(given: float | None, units: str) -> float | None:
     None for a field that is not precipitation."""
     if given is not None:
         return float(given)
+    return _mm_day_in(M.WET_DAY_MM, units)
+
+
+def _mm_day_in(mm: float, units: str) -> float | None:
+    """``mm`` mm/day in ``units``: a rate, or an amount read as a daily total; None when
+    ``units`` are not precipitation units."""
     unit = parse_unit(units)
     if unit is None or unit.quantity not in (RATE, AMOUNT):
         return None
     scale, offset = conversion("mm day-1" if unit.quantity == RATE else "mm", units)
-    return M.WET_DAY_MM * scale + offset
+    return mm * scale + offset
 
 
 def _plan_baselines(cfg: ValidateConfig) -> tuple[Baseline, ...]:
