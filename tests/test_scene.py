@@ -1,0 +1,143 @@
+"""Scene-adaptive models: scene statistics, affine equivariance, whole-band scenes in
+`downscale` (tile-size invariance, tags)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_downscale import F, _run, _scene  # noqa: E402
+
+from geosr.arrays import block_mean  # noqa: E402
+from geosr.cli.options import parse_layers  # noqa: E402
+from geosr.model.bundle import AuxChannelSpec, load_bundle, save_bundle  # noqa: E402
+from geosr.model.predictor import HALO_TOLERANCE, Predictor  # noqa: E402
+from geosr.model.scene import STD_FLOOR, scene_of, window_scene  # noqa: E402
+from geosr.nn import Generator, NetConfig  # noqa: E402
+
+DEM = AuxChannelSpec("dem", mean=800.0, std=300.0, units="m")
+LC = AuxChannelSpec("lc", categorical=True, classes=(1.0, 2.0, 3.0))
+NORM = {"coarse": {"mean": 10.0, "std": 5.0}, "target": {"mean": 10.0, "std": 5.0}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_scene_of_recovers_the_sharpening_slope_in_network_units():
+    rng = np.random.default_rng(0)
+    dem = rng.uniform(200, 2000, (20, 30)).astype(np.float32)
+    coarse = (25.0 - 0.0065 * dem).astype(np.float32)
+    coarse[0, :4] = np.nan
+    s = scene_of(coarse, [dem], (DEM,), train_std=5.0)
+    ok = np.isfinite(coarse)
+    assert s.cells == ok.sum()
+    assert s.mean == pytest.approx(float(coarse[ok].mean()), rel=1e-5)
+    assert s.std == pytest.approx(float(coarse[ok].astype(np.float64).std()), rel=1e-4)
+    assert s.gain == pytest.approx((-0.0065 * 300.0 / s.std,), rel=1e-3)
+    assert s.r2 == pytest.approx(1.0, abs=1e-6)
+    assert set(s.tags()) == {"GEOSR_SCENE_MEAN", "GEOSR_SCENE_STD", "GEOSR_SCENE_GAIN",
+                             "GEOSR_SCENE_R2"}
+
+
+def test_scene_class_channels_get_no_gain_and_flat_fields_are_floored():
+    dem = np.linspace(0, 1000, 64, dtype=np.float32).reshape(8, 8)
+    flat = np.full((8, 8), 3.0, np.float32)
+    s = scene_of(flat, [dem, None], (DEM, LC), train_std=4.0)
+    assert len(s.gain) == 1 + 3 and s.gain[1:] == (0.0, 0.0, 0.0)
+    assert s.std == pytest.approx(STD_FLOOR * 4.0)
+    empty = scene_of(np.full((4, 4), np.nan, np.float32), [dem[:4, :4], None], (DEM, LC),
+                     train_std=4.0)
+    assert empty.cells == 0 and empty.gain == (0.0,) * 4
+
+
+def test_window_scene_uses_the_aux_cell_means():
+    rng = np.random.default_rng(1)
+    aux = rng.uniform(0, 2000, (1, 6 * F, 7 * F)).astype(np.float32)
+    coarse = 20.0 - 0.005 * block_mean(aux[0], F)
+    s = window_scene(coarse, aux, (DEM,), F, train_std=5.0)
+    assert s.gain[0] == pytest.approx(-0.005 * 300.0 / s.std, rel=1e-3)
+
+
+def _scene_bundle(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
+                    n_blocks=1, fine_blocks=1, scene=True)
+    model = Generator(cfg)
+    with torch.no_grad():  # make the learned part matter
+        model.head[-1].weight.mul_(10)
+        model.gain.weight.normal_(0, 0.1)
+    save_bundle(path, overwrite=True, config=cfg, aux=(DEM,), factor=F, res_m=500.0,
+                variable="t2m", units="degC", norm=NORM,
+                training={"epochs": 1, "val": {"rmse": 0.5}}, state_dict=model.state_dict())
+    return path
+
+
+def test_scene_model_is_equivariant_to_level_and_spread(tmp_path):
+    """A colder, more variable regime: the output moves with the input, exactly."""
+    pred = Predictor(load_bundle(_scene_bundle(tmp_path / "m.geosr")))
+    assert pred.scene
+    rng = np.random.default_rng(2)
+    aux = rng.uniform(200, 2000, (1, 1, 10 * F, 12 * F)).astype(np.float32)
+    coarse = (15.0 - 0.006 * block_mean(aux[0, 0], F)
+              + rng.normal(0, 0.5, (10, 12))).astype(np.float32)[None]
+    a, b = 2.5, -30.0
+    y0 = pred.predict(coarse, aux)
+    y1 = pred.predict(a * coarse + b, aux)
+    scale = float(np.std(y0))
+    assert np.max(np.abs(y1 - (a * y0 + b))) / (a * scale) < 1e-4
+
+
+def test_fixed_model_is_not_equivariant(tmp_path):
+    torch.manual_seed(0)
+    cfg = NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
+                    n_blocks=1, fine_blocks=1)
+    model = Generator(cfg)
+    with torch.no_grad():
+        model.head[-1].weight.mul_(10)
+    save_bundle(tmp_path / "f.geosr", overwrite=True, config=cfg, aux=(DEM,), factor=F,
+                res_m=500.0, variable="t2m", units="degC", norm=NORM,
+                training={"epochs": 1}, state_dict=model.state_dict())
+    pred = Predictor(load_bundle(tmp_path / "f.geosr"))
+    assert not pred.scene
+    rng = np.random.default_rng(2)
+    aux = rng.uniform(200, 2000, (1, 1, 10 * F, 12 * F)).astype(np.float32)
+    coarse = rng.normal(10, 3, (1, 10, 12)).astype(np.float32)
+    y0, y1 = pred.predict(coarse, aux), pred.predict(2.5 * coarse - 30, aux)
+    assert np.max(np.abs(y1 - (2.5 * y0 - 30))) > 1e-2
+
+
+def test_downscale_uses_whole_band_scenes(tmp_path):
+    sc = _scene(tmp_path, hc=40, wc=48)
+    model = _scene_bundle(tmp_path / "m.geosr")
+    aux = parse_layers([f"dem={sc['aux']}"])
+    a, _ = _run(sc, tmp_path / "a.tif", model=str(model), aux=aux, tile_px=96)
+    b, _ = _run(sc, tmp_path / "b.tif", model=str(model), aux=aux, tile_px=400)
+    assert np.isfinite(a).all()
+    # the scene is the band, not the tile: only the measured halo's tolerance remains
+    assert np.nanmax(np.abs(a - b)) / np.nanstd(a) < HALO_TOLERANCE
+    # the tags record each band's scene, computed from the whole band
+    with rasterio.open(tmp_path / "a.tif") as src:
+        tags = [src.tags(k) for k in (1, 2)]
+    for k, t in enumerate(tags):
+        assert float(t["GEOSR_SCENE_MEAN"]) == pytest.approx(
+            float(np.mean(sc["coarse_arr"][k])), rel=1e-4)
+        assert float(t["GEOSR_SCENE_GAIN"]) < 0  # temperature falls with height
+    # the same as the network run on the whole band with the band's scene
+    pred = Predictor(load_bundle(model))
+    with rasterio.open(sc["aux"]) as src:
+        dem = src.read(1)
+    coarse = sc["coarse_arr"]
+    scenes = [pred.scene_of(coarse[k], [block_mean(dem, F)]) for k in range(2)]
+    whole = pred.predict(coarse, np.repeat(dem[None, None], 2, axis=0), scenes=scenes)
+    assert np.nanmax(np.abs(whole - a)) / np.nanstd(a) < HALO_TOLERANCE
