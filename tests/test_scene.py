@@ -141,3 +141,75 @@ def test_downscale_uses_whole_band_scenes(tmp_path):
     scenes = [pred.scene_of(coarse[k], [block_mean(dem, F)]) for k in range(2)]
     whole = pred.predict(coarse, np.repeat(dem[None, None], 2, axis=0), scenes=scenes)
     assert np.nanmax(np.abs(whole - a)) / np.nanstd(a) < HALO_TOLERANCE
+
+
+# --------------------------------------------------------------------------- domain shift
+
+
+RANGES = {"n": 3, "mean": [8.0, 14.0], "std": [2.0, 4.0], "gain": {"dem": [-0.6, -0.3]}}
+
+
+def test_band_shifts_flag_what_lies_far_outside():
+    from geosr.model.domain import band_shifts
+
+    train, stats = {"scene_ranges": RANGES}, {"min": -5.0, "max": 25.0, "mean": 11.0, "std": 5.0}
+    assert band_shifts(1, 13.0, 3.0, (-0.4,), train, stats, ("dem",)) == []
+    assert band_shifts(1, 18.5, 3.0, (-0.4,), train, stats, ("dem",)) == []  # < 1 sd beyond
+    far = band_shifts(2, 25.0, 9.0, (0.2,), train, stats, ("dem",))
+    assert [s.what for s in far] == ["mean", "std", "slope dem"]
+    assert far[0].band == 2 and far[0].score == pytest.approx((25 - 14) / 5.0)
+    assert far[1].score == pytest.approx(9.0 / 4.0)
+    # a fixed-statistics model: only its training values' range
+    fixed = band_shifts(1, 40.0, 3.0, None, {}, stats, ("dem",))
+    assert [s.what for s in fixed] == ["mean"] and (fixed[0].lo, fixed[0].hi) == (-5.0, 25.0)
+    assert band_shifts(1, 28.0, 3.0, None, {}, stats, ("dem",)) == []
+
+
+def test_aux_shifts_and_summary():
+    from geosr.model.domain import aux_shifts, summarise
+
+    dem = np.linspace(0, 4000, 100, dtype=np.float32)
+    got = aux_shifts([dem, None], ["dem", "lc"], {"aux_ranges": {"dem": [0.0, 2000.0]}})
+    assert len(got) == 1 and got[0].value == pytest.approx(0.47, abs=0.02)
+    assert aux_shifts([dem], ["dem"], {"aux_ranges": {"dem": [0.0, 4000.0]}}) == []
+    assert summarise([]) == "none"
+    assert "aux dem: 48% of cells outside the training values 0..2000" in summarise(got)
+
+
+def test_downscale_warns_and_tags_a_shifted_input(tmp_path, caplog):
+    from geosr import validate
+
+    sc = _scene(tmp_path, hc=24, wc=24, bands=1)
+    coarse = sc["coarse_arr"]
+    model = tmp_path / "m.geosr"
+    torch.manual_seed(0)
+    cfg = NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
+                    n_blocks=1, fine_blocks=1, scene=True)
+    m = float(np.mean(coarse))
+    s = float(np.std(coarse))
+    training = {"epochs": 1, "scene_ranges": {"n": 1, "mean": [m - 1, m + 1],
+                                              "std": [s * 0.8, s * 1.2], "gain": {}},
+                "aux_ranges": {"dem": [0.0, 5000.0]}}
+    save_bundle(model, overwrite=True, config=cfg, aux=(DEM,), factor=F, res_m=500.0,
+                variable="t2m", units="degC", norm=NORM, training=training,
+                coarse_stats={"min": m - 3 * s, "max": m + 3 * s, "mean": m, "std": s},
+                state_dict=Generator(cfg).state_dict())
+    aux = parse_layers([f"dem={sc['aux']}"])
+    _run(sc, tmp_path / "in.tif", model=str(model), aux=aux)
+    with rasterio.open(tmp_path / "in.tif") as src:
+        assert src.tags()["GEOSR_DOMAIN_SHIFT"] == "none"
+    from conftest import write_raster
+    from test_downscale import ORIGIN
+
+    hot = write_raster(tmp_path / "hot.tif", coarse + 10 * s, res=500.0 * F, origin=ORIGIN)
+    caplog.set_level("WARNING")
+    _run({"coarse": hot, "aux": sc["aux"]}, tmp_path / "out.tif", model=str(model), aux=aux)
+    warned = [r.getMessage() for r in caplog.records if "training distribution" in r.getMessage()]
+    assert len(warned) == 1 and "hot.tif" in warned[0] and "band 1 mean" in warned[0]
+    with rasterio.open(tmp_path / "out.tif") as src:
+        tag = src.tags()["GEOSR_DOMAIN_SHIFT"]
+    assert tag.startswith("band 1 mean")
+    truth = write_raster(tmp_path / "truth.tif", np.zeros((1, 24 * F, 24 * F), np.float32),
+                         res=500.0, origin=ORIGIN)
+    report = validate(tmp_path / "out.tif", truth)
+    assert report.domain_shift == tag and report.to_dict()["domain_shift"] == tag

@@ -211,6 +211,9 @@ def render(report: ValidationReport) -> None:
         stdout.print("uncertainty: " + ", ".join(
             f"{labels[k]} {_fmt(v)}" + (units if k in ("interval_width", "crps") else "")
             for k, v in u.items()), highlight=False)
+    if report.domain_shift and report.domain_shift != "none":
+        stdout.print(f"domain shift (recorded by downscale): {report.domain_shift}",
+                     highlight=False)
     for p in report.plots:
         stdout.print(f"figure: {p}", highlight=False)
 

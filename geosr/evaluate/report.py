@@ -62,6 +62,9 @@ class ValidationReport:
     # climate-index scores per subject ("pred", then each baseline); {} when not computed
     indices: dict[str, dict[str, float]] = field(default_factory=dict)
     n_valid_indices: int = 0  # pixels valid at every date, those the indices use
+    # PRED's record of how far its input lay from the model's training data ("none":
+    # inside; None: not a model's output)
+    domain_shift: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -84,6 +87,7 @@ class ValidationReport:
             "n_valid": self.n_valid, "n_valid_pred_truth": self.n_valid_pred_truth,
             "factor": self.factor, "truth_resampling": self.truth_resampling,
             "valid_range": self.valid_range, "wet_threshold": self.wet_threshold,
+            "domain_shift": self.domain_shift,
             "metrics": _clean(self.metrics),
             "baselines": {k: _clean(v) for k, v in self.baselines.items()},
             "skill": _clean(self.skill),

@@ -353,6 +353,7 @@ def validate(cfg: ValidateConfig) -> ValidationReport:
         wet_threshold=data.wet_threshold, plots=plots, broken=broken,
         seconds=time.perf_counter() - t0, uncertainty=uncertainty,
         indices=indices, n_valid_indices=n_indices,
+        domain_shift=data.domain_shift or None,
     )
     if cfg.json_path is not None:
         write_json(report, cfg.json_path)
@@ -460,6 +461,7 @@ class _Aligned:
     aux_names: tuple[str, ...] = ()
     valid_range: ValidRange | None = None
     wet_threshold: float | None = None
+    domain_shift: str = ""  # PRED's GEOSR_DOMAIN_SHIFT tag
 
 
 def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
@@ -491,7 +493,7 @@ def _load(cfg: ValidateConfig, baselines: tuple[Baseline, ...]) -> _Aligned:
         descriptions=tuple(t or p for t, p in zip(tinfo.descriptions, pinfo.descriptions,
                                                   strict=True)),
         units=pinfo.units[0] or tinfo.units[0],
-        valid_range=cfg.valid_range or pinfo.valid_range)
+        valid_range=cfg.valid_range or pinfo.valid_range, domain_shift=pinfo.domain_shift)
     data.wet_threshold = _wet_threshold(cfg.wet_threshold, data.units)
     with gdal_env():
         data.pred = _read(cfg.pred, grid, Resampling.nearest)

@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ from geosr.io.read import (
 )
 from geosr.io.sinks import atomic_output, check_output, output_format, stage_path, write_output
 from geosr.io.write import check_written, open_stream_writer
+from geosr.model.domain import aux_shifts, band_shifts, summarise
 from geosr.sources import (
     LayerSpec,
     file_stem_from_path,
@@ -242,6 +243,7 @@ class _Plan:
     bands: tuple[int, ...] = ()  # the input's 1-based bands, in output order (--time)
     valid_range: ValidRange | None = None  # in the input's units
     clipped: int = 0  # coarse values outside valid_range, clipped
+    shifts: list = field(default_factory=list)  # with a model: geosr.model.domain.Shift s
 
     def source_bands(self, group: Sequence[int]) -> list[int]:
         """1-based input bands of 0-based output positions."""
@@ -652,6 +654,8 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
             s.path, fine, coarse_grid, engine.workers, resampling=r, name=s.name,
             max_cells=FIT_MAX_CELLS).values[0]
             for s, spec, (_, r) in zip(aux, predictor.bundle.aux, job.aux, strict=True)]
+        p.shifts.extend(aux_shifts(aux_coarse, [s.name for s in predictor.bundle.aux],
+                                   predictor.bundle.training or {}))
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else info.variable or layer_name_from_path(info.path)
@@ -697,6 +701,8 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                                              progress=progress, extras=extras)
                     if extras is not None:  # inside the stack: renamed only when complete
                         extras.finish(fmt=fmt, variable=variable)
+                if bundle is not None and hasattr(bundle, "training"):
+                    _report_shift(p, dst, bundle, units_default)
             finally:
                 dst.close()
             check_written(tmp_tif)  # GDAL may close a file it failed to write
@@ -758,6 +764,8 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
         job = _with_fits(job, coarse, aux_coarse, info, group, dst)
     elif getattr(predictor, "scene", False):
         job = _with_scenes(job, coarse, aux_coarse, predictor, info, group, dst)
+    if job.method is Method.net and hasattr(getattr(predictor, "bundle", None), "training"):
+        _band_shifts(p, job, coarse, group, predictor.bundle)
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
@@ -864,6 +872,33 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterI
         fits.append(fit)
     # Indexing in predict_tiles is by position within the group.
     return replace(job, fits=tuple(fits))
+
+
+def _band_shifts(p: _Plan, job: TileJob, coarse: np.ndarray, group: list[int], bundle) -> None:
+    """Collect the bands' :class:`~geosr.model.domain.Shift` s (model units)."""
+    names = [n for s in bundle.aux for n in s.channel_names]
+    for k, b in enumerate(group):
+        if job.scenes:
+            sc = job.scenes[k]
+            mean, std, gain = sc.mean, sc.std, sc.gain
+        else:
+            v = coarse[k][np.isfinite(coarse[k])]
+            if v.size == 0:
+                continue
+            mean, std, gain = float(v.mean()), float(v.std()), None
+        p.shifts.extend(band_shifts((p.bands[b] if p.bands else b + 1), mean, std, gain,
+                                    bundle.training or {}, bundle.coarse_stats or {}, names))
+
+
+def _report_shift(p: _Plan, dst, bundle, units: str) -> None:
+    """One warning line per input outside the model's training distribution, and the
+    ``GEOSR_DOMAIN_SHIFT`` tag (``none`` when inside)."""
+    text = summarise(p.shifts, units)
+    dst.update_tags(GEOSR_DOMAIN_SHIFT=text)
+    if p.shifts:
+        log.warning("%s: outside the training distribution of the model (%s): %s; the output "
+                    "is an extrapolation, check it against truth where you can", p.info.path,
+                    (bundle.sha256 or "")[:8], text)
 
 
 def _with_scenes(job: TileJob, coarse: np.ndarray, aux_coarse: list, predictor,

@@ -141,6 +141,7 @@ class RasterInfo:
     transform: rasterio.Affine | None = None
     packed: bool = False
     valid_range: ValidRange | None = None
+    domain_shift: str = ""  # a geosr output's GEOSR_DOMAIN_SHIFT tag
 
     @property
     def north_up(self) -> bool:
@@ -292,6 +293,7 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
             transform=t, packed=_is_packed(src),
             valid_range=from_cf(band_tags[0], scale=src.scales[0], offset=src.offsets[0])
             or _geosr_range(src.tags()),
+            domain_shift=src.tags().get("GEOSR_DOMAIN_SHIFT", ""),
         )
 
 

@@ -148,6 +148,18 @@ def _norm(manifest: Manifest) -> dict:
     return {"coarse": {"mean": mean, "std": std}, "target": {"mean": mean, "std": std}}
 
 
+def _aux_ranges(manifest: Manifest, specs) -> dict:
+    """``{name: [min, max]}`` of each continuous aux layer over the dataset (the bundle's
+    record for :func:`geosr.model.domain.aux_shifts`)."""
+    out = {}
+    for s in specs:
+        layer = next((a for a in manifest.aux if a.name == s.name), None)
+        st = layer.stats if layer is not None else None
+        if not s.categorical and st is not None and st.min is not None and st.max is not None:
+            out[s.name] = [float(st.min), float(st.max)]
+    return out
+
+
 def _coarse_stats(manifest: Manifest) -> dict:
     """Range of the coarse training input (the statistics :func:`_norm` uses), so that
     ``downscale`` can flag inputs far outside it."""
@@ -570,7 +582,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
-            "scene": bool(net_cfg.scene),
+            "scene": bool(net_cfg.scene), "aux_ranges": _aux_ranges(manifest, specs),
             **({"scene_ranges": scene_ranges({b: scenes[b] for b in split.train_bands}, specs)}
                if scenes else {}),
             **({"spread_calibration": calibration} if calibration else {}),
