@@ -25,7 +25,8 @@ Experiments (``../shared/data/real``; ``--experiments`` picks some):
 
 Methods: ``bicubic``; ``sharpen`` (regression sharpening on the DEM fitted per scene and
 day, the default of ``geosr downscale`` without a model, with conservation); ``net``
-(conservation on, all aux) and, where listed, ``net-noconserve`` (trained with
+(scene-adaptive, conservation on, all aux), ``net-fixed`` (``--no-scene``: one fixed
+standardisation) and, where listed, ``net-noconserve`` (trained with
 ``--no-conserve``), ``net-gan`` (``--gan``) and aux subsets (``net-aux:<names>``).
 
     python benchmarks/accuracy.py [--experiments ch16 uk-tasmax ...] [--minutes 3]
@@ -104,7 +105,7 @@ def build(key: str, work: Path) -> Experiment:
                          str(meteoswiss("TminY"))), aux=CH_AUX, res_m=1000.0, factor=f)
         test_ds = _prep(work / f"{key}-test", target=(str(meteoswiss("TabsM")),), aux=CH_AUX,
                         res_m=1000.0, factor=f)
-        variants = {"net": {}}
+        variants = {"net": {}, "net-fixed": {"scene": False}}
         if f == 16:
             variants |= {"net-noconserve": {"conserve": False}, "net-gan": {"gan": True},
                          "net-aux:dem": {"aux": ("dem",)}, "net-aux:none": {"aux": ()}}
@@ -128,7 +129,8 @@ def build(key: str, work: Path) -> Experiment:
         var = key[3:]
         ds = _prep(work / key, target=(str(UK / "target" / f"{var}1km.tif"),), aux=UK_AUX,
                    res_m=1000.0, factor=8)
-        variants = {"net": {}, "net-noconserve": {"conserve": False}}
+        variants = {"net": {}, "net-fixed": {"scene": False},
+                    "net-noconserve": {"conserve": False}}
         if var == "tasmax":
             variants |= {"net-gan": {"gan": True}, "net-aux:dem": {"aux": ("dem",)},
                          "net-aux:none": {"aux": ()}}
@@ -219,6 +221,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only-net", action="store_true", help="train only the 'net' variant")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="train only these variants (e.g. net net-fixed)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -232,6 +236,8 @@ def main() -> None:
     for key in args.experiments:
         exp = build(key, args.work)
         variants = {"net": exp.variants["net"]} if args.only_net else exp.variants
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants}
         models, facts = {}, {}
         for name, opts in variants.items():
             models[name], facts[name] = fit(exp, name, opts, args)

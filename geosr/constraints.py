@@ -177,6 +177,41 @@ def from_units(units: str | None) -> ValidRange | None:
     return None
 
 
+PRECIP_NAMES = frozenset({
+    "pr", "prec", "precip", "precipitation", "prcp", "tp", "rain", "rainfall", "rr",
+    "rhiresd", "rhiresm", "rhiresy", "snowfall", "sf", "cp", "lsp", "mtpr", "pre", "ppt",
+    "precipitation_flux", "precipitation_amount", "lwe_precipitation_rate",
+    "thickness_of_rainfall_amount", "rainfall_flux", "rainfall_amount"})
+"""Variable names (and CF standard names) of precipitation as archives ship it: CMIP/CORDEX
+``pr``, ERA5 ``tp``/``cp``/``lsp``/``mtpr``, UKCP ``prec``, HadUK ``rainfall``, Daymet
+``prcp``, CRU ``pre``, PRISM/TerraClimate ``ppt``, E-OBS ``rr``, MeteoSwiss ``RhiresD``."""
+
+_NOT_AMOUNTS = frozenset({"anom", "anomaly", "anomalies", "change", "delta", "diff", "bias",
+                          "trend", "error", "err", "std", "sd", "var", "zscore", "spi"})
+
+
+def from_names(names) -> tuple[ValidRange | None, str]:
+    """``0:`` when a name (variable, long name, band description, file stem) is a
+    precipitation variable's and none marks a difference (``pr_anomaly``); the matching
+    name, or ``(None, "")``. A name is split into words at every non-alphanumeric
+    character (``ukcp18rcm_12km_prec_201805`` -> ``prec``)."""
+    import re
+
+    match = ""
+    for name in names:
+        words = {w.lower() for w in re.split(r"[^A-Za-z0-9]+", name or "") if w}
+        if words & _NOT_AMOUNTS:
+            return None, ""
+        if not match:
+            hit = sorted(words & PRECIP_NAMES)
+            full = (name or "").strip().lower()
+            if full in PRECIP_NAMES:
+                hit = [full]
+            if hit:
+                match = hit[0]
+    return (ValidRange(0.0, math.inf), match) if match else (None, "")
+
+
 def clip_to_range(arr: np.ndarray, valid: ValidRange) -> int:
     """Clip the finite values of ``arr`` to the range, in place; returns how many moved."""
     n = int(valid.outside(arr).sum())

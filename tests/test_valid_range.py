@@ -129,7 +129,8 @@ def test_non_negative_and_conserved_across_tiles_and_nodata(rain, tmp_path, name
 
 
 def test_additive_conservation_alone_makes_negative_rain(tmp_path):
-    sc = _rain_scene(tmp_path, units="")  # no units: no range inferred
+    sc = _rain_scene(tmp_path, units="")  # no units and no rain name: no range inferred
+    sc["coarse"] = Path(sc["coarse"]).rename(tmp_path / "field.tif")
     out, tags, _ = _run(sc, tmp_path / "o.tif")
     assert np.nanmin(out) < 0 and "GEOSR_VALID_RANGE" not in tags
     fixed, tags, _ = _run(sc, tmp_path / "f.tif", valid_range=ValidRange(0.0))
@@ -161,6 +162,32 @@ def test_inferred_range_said_once_and_flag_wins(rain, tmp_path):
     assert r.exit_code == 0 and "valid range" not in r.stderr
     with rasterio.open(tmp_path / "p.tif") as src:
         assert src.tags()["GEOSR_VALID_RANGE"] == "-100:"
+
+
+def test_unitless_precipitation_named_input_is_non_negative(tmp_path):
+    """A GeoTIFF without units named like a precipitation variable (UKCP18's ``prec``)."""
+    sc = _rain_scene(tmp_path, units="", coarse_nan=False,
+                     band_tags=[{"DATE_TIME": "2020-07-01"}, {"DATE_TIME": "2020-07-02"}])
+    prec = tmp_path / "ukcp18rcm_12km_prec_201805.tif"
+    Path(sc["coarse"]).rename(prec)
+    r = runner.invoke(app, ["downscale", str(prec), "--aux", str(sc["aux"]),
+                            "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "valid range" in ln]
+    assert lines == [f"geosr: warning: COARSE {prec}: valid range 0: (from the precipitation "
+                     "variable name 'prec'); pass --valid-range to change it"]
+    with rasterio.open(tmp_path / "o.tif") as src:
+        out = src.read()
+    assert np.nanmin(out) >= 0
+    _assert_conserved(out, sc["coarse_arr"])
+    # a temperature-like or an anomaly name gets no range
+    for name in ("tasmax.tif", "pr_anomaly.tif"):
+        other = tmp_path / name
+        prec.rename(other)
+        r = runner.invoke(app, ["downscale", str(other), "--aux", str(sc["aux"]),
+                                "-o", str(tmp_path / f"o_{name}")])
+        assert r.exit_code == 0 and "valid range" not in r.stderr
+        prec = other.rename(prec)
 
 
 def test_cf_valid_range_of_the_input(tmp_path):

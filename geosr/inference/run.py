@@ -56,7 +56,13 @@ from geosr.arrays import (
     fill_nearest,
     mask_nodata_blocks,
 )
-from geosr.constraints import ValidRange, bounded_conserve, clip_to_range, from_units
+from geosr.constraints import (
+    ValidRange,
+    bounded_conserve,
+    clip_to_range,
+    from_names,
+    from_units,
+)
 from geosr.errors import BundleError, GridError, InputError, ProcessingError
 from geosr.grid import Grid, footprint, native_cell_m
 from geosr.inference.config import (
@@ -532,8 +538,9 @@ def _check_aux_content(spec: LayerSpec, info: RasterInfo) -> None:
 
 def _resolve_range(info: RasterInfo, cfg: DownscaleConfig, bundle) -> ValidRange | None:
     """The valid range of an input's output: ``--valid-range``, else the model's, else the
-    input's CF ``valid_range``, else ``0:`` for precipitation units; an inferred range is
-    said in one line."""
+    input's CF ``valid_range``, else ``0:`` for precipitation units or, for an input without
+    units, a precipitation variable's name (``pr``, ``tp``, ``prec``...); an inferred
+    range is said in one line."""
     if cfg.valid_range is not None:
         return cfg.valid_range
     where = f"COARSE {info.path}"
@@ -550,6 +557,10 @@ def _resolve_range(info: RasterInfo, cfg: DownscaleConfig, bundle) -> ValidRange
     if found is None:
         units = units or getattr(bundle, "units", "") or ""
         found, source = from_units(units), f"units {units}"
+    if found is None and not units:  # no units at all: a precipitation variable's name
+        found, name = from_names([info.variable, *info.long_names, *info.descriptions[:1],
+                                  Path(info.path).name.split(":")[-1]])
+        source = f"the precipitation variable name {name!r}"
     if found is not None:
         log.warning("%s: valid range %s (from %s); pass --valid-range to change it", where,
                     found, source)
