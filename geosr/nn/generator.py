@@ -119,6 +119,9 @@ class Generator(nn.Module):
             with torch.no_grad():
                 self.gain.weight.zero_()
                 self.gain.bias.zero_()
+        # How much of each scene slope to use, learned (1 at initialisation): where the
+        # scene's regression does not help (daily rain on a DEM) the network turns it down.
+        self.scene_weight = nn.Parameter(torch.ones(na)) if cfg.scene and na else None
         self.conservation = Conservation(cfg.factor) if cfg.conserve else None
         log.debug("Generator: factor %d in stages %s, %d parameters, halo %s px",
                   cfg.factor, self.stages, count_parameters(self), self.halo_px)
@@ -275,7 +278,10 @@ class Generator(nn.Module):
                     tuple(scene_gain.shape) != (coarse.shape[0], self.cfg.n_aux):
                 raise ValueError(f"scene_gain: expected shape {(coarse.shape[0], self.cfg.n_aux)}, "
                                  f"got {_shape(scene_gain)}")
-            sg = scene_gain.to(features.dtype)[:, :, None, None]
+            sg = scene_gain.to(features.dtype)
+            if self.scene_weight is not None:
+                sg = sg * self.scene_weight
+            sg = sg[:, :, None, None]
             gain = sg.expand(-1, -1, *features.shape[2:]) if gain is None else gain + sg
         t = _channels_last(features)
         for up, mid in zip(self.ups, self.mids, strict=True):
