@@ -8,6 +8,8 @@ Protocol per case, through the public API (:mod:`geosr.api`) only:
    scene-adaptive network (the default) and the fixed-statistics one (``scene=False``);
    ``max_minutes`` (``--minutes``, default 3), one thread, seed 0, otherwise defaults.
    Prepared data and bundles are cached under ``--work``; ``--retrain`` trains again.
+   With two training fields, ``train``'s default split trains on the first and chooses
+   the best epoch on the second (a held-out regime); with one, on a held-out block.
 2. Test input shaped like a user's file: the test truth block-averaged into coarse cells
    on the coarse file's own grid, its origin offset from prepare's lattice (multiples of
    the coarse cell) by a non-multiple of the cell, written as a plain GeoTIFF without
@@ -100,11 +102,14 @@ class Case:
 def trainings() -> dict[str, Training]:
     tabs, tmax = meteoswiss("TabsM"), meteoswiss("TmaxM")
     return {t.key: t for t in (
-        Training("ch16", "MeteoSwiss TabsM+TmaxM 2023-05, 16 km -> 1 km", (tabs, tmax),
-                 CH_DEM, 16),
-        Training("ch8", "MeteoSwiss TabsM+TmaxM 2023-05, 8 km -> 1 km", (tabs, tmax), CH_DEM, 8),
-        Training("ch16-tmax", "MeteoSwiss TmaxM 2023-05, 16 km -> 1 km", (tmax,), CH_DEM, 16),
-        Training("uk8", "HadUK tasmax days 1-21, 8 km -> 1 km",
+        Training("ch16", "MeteoSwiss TabsM+TmaxM 2023-05 (default split: trains on TabsM, "
+                 "best epoch on TmaxM), 16 km -> 1 km", (tabs, tmax), CH_DEM, 16),
+        Training("ch8", "MeteoSwiss TabsM+TmaxM 2023-05 (default split: trains on TabsM, "
+                 "best epoch on TmaxM), 8 km -> 1 km", (tabs, tmax), CH_DEM, 8),
+        Training("ch16-tmax", "MeteoSwiss TmaxM 2023-05 (default split), 16 km -> 1 km",
+                 (tmax,), CH_DEM, 16),
+        Training("uk8", "HadUK tasmax days 1-21 (default split: trains on 1-17, best epoch "
+                 "on 18-21), 8 km -> 1 km",
                  (UK / "target" / "tasmax1km.tif",), UK_DEM, 8, UK_TRAIN),
     )}
 
@@ -157,7 +162,11 @@ def trained(t: Training, args) -> tuple[dict[str, Path], dict[str, dict]]:
                 "epochs_done": len(res.history), "best_epoch": res.best_epoch,
                 "stopped": res.stopped}))
             print(f"  trained {bundle.name}: {info.read_text()}", flush=True)
-        models[name], facts[name] = bundle, json.loads(info.read_text())
+        split = json.loads(bundle.with_suffix(".log.json").read_text()).get("split") or {}
+        models[name] = bundle
+        facts[name] = json.loads(info.read_text()) | {
+            "train_samples": split.get("train_samples"), "val_samples": split.get("val_samples"),
+            "split": split.get("kind")}
     return models, facts
 
 
@@ -250,7 +259,7 @@ def table(case: Case, rec: dict) -> str:
     s = rec["scores"]
     px = s["bicubic"]["pixels"]
     best = min(s["bicubic"]["rmse"], s["sharpen"]["rmse"])
-    lines = [f"## {case.key}: {case.label} (degC; {px} px)",
+    lines = [f"## {case.key}: {case.label} (degC; {px} px)", f"model: {rec['trained_on']}",
              f"{'method':<11}{'RMSE':>8}{'MAE':>8}{'bias':>8}{'r':>8}{'SSIM':>8}{'cons.':>8}"
              f"{'/best bl.':>10}{'epochs':>8}"]
     for name in METHODS:
