@@ -213,3 +213,27 @@ def test_downscale_warns_and_tags_a_shifted_input(tmp_path, caplog):
                          res=500.0, origin=ORIGIN)
     report = validate(tmp_path / "out.tif", truth)
     assert report.domain_shift == tag and report.to_dict()["domain_shift"] == tag
+
+
+def test_aux_nodata_takes_its_cell_mean_not_the_training_mean(tmp_path):
+    """A DEM that stops at the coast: sea pixels must not look like terrain."""
+    from geosr.model.predictor import fill_aux_cells
+
+    aux = np.full((1, 2, 2 * F, 2 * F), 100.0, np.float32)
+    aux[0, 0, :F, :F] = np.linspace(0, 200, F * F).reshape(F, F)
+    aux[0, 0, :F // 2, :F] = np.nan  # half a cell of sea
+    aux[0, 0, F:, F:] = np.nan       # a cell without any valid pixel
+    aux[0, 1, :2, :2] = np.nan       # a class layer keeps its NaN
+    lc = AuxChannelSpec("lc", categorical=True, classes=(1.0,))
+    got = fill_aux_cells(aux, (DEM, lc), F)
+    land = aux[0, 0, F // 2:F, :F]
+    assert np.allclose(got[0, 0, :F // 2, :F], land.mean())
+    assert block_mean(got[0, 0], F)[0, 0] == pytest.approx(float(land.mean()), rel=1e-6)
+    assert np.isnan(got[0, 0, F:, F:]).all() and np.isnan(got[0, 1, :2, :2]).all()
+    assert np.isnan(aux[0, 0, 0, 0])  # the input is not changed
+    pred = Predictor(load_bundle(_scene_bundle(tmp_path / "m.geosr")))
+    coarse = np.full((1, 2, 2), 10.0, np.float32)
+    filled = aux[:, :1].copy()
+    filled[0, 0, :F // 2, :F] = land.mean()
+    a, b = pred.predict(coarse, aux[:, :1]), pred.predict(coarse, filled)
+    assert np.allclose(a, b, atol=1e-5, equal_nan=True)

@@ -44,7 +44,7 @@ from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
-from geosr.model.predictor import encode_batch
+from geosr.model.predictor import encode_batch, fill_aux_cells
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
 from geosr.training.config import (
     DEFAULT_PATCH,
@@ -283,7 +283,8 @@ def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
     import torch
 
     tc = torch.from_numpy(fill_nearest(coarse))[None, None].to(device)
-    ta = torch.from_numpy(aux)[None].to(device) if specs else None
+    f = aux.shape[-1] // coarse.shape[-1]
+    ta = torch.from_numpy(fill_aux_cells(aux[None], specs, f)).to(device) if specs else None
     xc, xa, sg, mean, std = encode_batch(tc, ta, norm, specs,
                                          [scene] if scene is not None else None)
     y = model(xc, xa, scene_gain=sg).float()
@@ -604,7 +605,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
             xc, xa, sg, mu, sd = encode_batch(
                 torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
-                torch.from_numpy(batch.aux).to(device) if specs else None, norm, specs,
+                torch.from_numpy(fill_aux_cells(batch.aux, specs, f)).to(device) if specs
+                else None, norm, specs,
                 [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None)
             tgt = torch.from_numpy(batch.target)[:, None].to(device)
             mask = torch.isfinite(tgt)
