@@ -91,13 +91,18 @@ def source_crs(src: rasterio.DatasetReader) -> CRS | None:
     return CRS.from_dict({**crs.to_dict(), "lon_wrap": centre})
 
 
-GDAL_CACHE_MB = 256
+GDAL_CACHE_MB = 128
 """GDAL's block cache defaults to 5% of RAM; a fixed size keeps peak memory flat."""
 
 
 def gdal_env(**options) -> rasterio.Env:
-    """GDAL settings for geosr's work: bounded block cache, multi-threaded codecs."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **options)
+    """GDAL settings for geosr's work: bounded block cache, multi-threaded codecs.
+
+    The cache size is given in bytes: rasterio hands an integer ``GDAL_CACHEMAX`` to
+    ``GDALSetCacheMax64`` as it is, so ``256`` meant a 256-byte cache (every block read
+    decoded again for each scanline that touches it).
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB << 20, **options)
 
 
 @dataclass(frozen=True)
