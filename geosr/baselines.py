@@ -16,6 +16,7 @@ what makes a tile of a padded coarse window identical to the same pixels of the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -50,27 +51,66 @@ def upsample(coarse: np.ndarray, factor: int, method: str | Interp = Interp.bicu
         ``(..., h*factor, w*factor)`` float32; NaN where the covering coarse cell is NaN.
         NaN cells are filled from their nearest valid neighbour before interpolating, so
         nodata never leaks into valid cells.
-    """
-    import torch
-    import torch.nn.functional as F
 
+    The kernels are torch's ``interpolate`` (``align_corners=False``; bicubic with
+    ``A = -0.75``) on the field replicate-padded by the kernel's reach, so that the edge
+    continues flat. Both axes are separable: two small matrix products per field in
+    float64 (:func:`_axis_weights`), without torch (its import alone takes ~2 s) and 3x
+    faster than its kernel at factor 20.
+    """
     method = Interp(method)
     lead = coarse.shape[:-2]
     h, w = coarse.shape[-2:]
     flat = coarse.reshape(-1, h, w).astype(np.float32)
     filled = fill_nearest(flat)
-    t = torch.from_numpy(np.nan_to_num(filled, nan=0.0))[:, None]
-    if method is Interp.nearest:
-        out = t.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-    else:
-        # Replicate-pad one coarse cell so the kernels see a flat continuation at the edge
-        # instead of torch's clamped-index border; crop back afterwards.
-        pad = 2 if method is Interp.bicubic else 1
-        tp = F.pad(t, (pad, pad, pad, pad), mode="replicate")
-        out = F.interpolate(tp, scale_factor=factor, mode=method.value, align_corners=False)
-        out = out[..., pad * factor:(pad + h) * factor, pad * factor:(pad + w) * factor]
-    out = mask_nodata_blocks(out[:, 0].numpy().astype(np.float32), flat, factor)
+    t = np.nan_to_num(filled, nan=0.0).astype(np.float64)
+    wy = _axis_weights(h, factor, method.value)
+    wx = _axis_weights(w, factor, method.value)
+    out = np.matmul(np.matmul(wy, t), wx.T)
+    out = mask_nodata_blocks(np.ascontiguousarray(out, dtype=np.float32), flat, factor)
     return out.reshape(*lead, h * factor, w * factor)
+
+
+def _cubic(t: np.ndarray) -> np.ndarray:
+    """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractions ``t`` (torch's A=-0.75)."""
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n: int, factor: int, method: str) -> np.ndarray:
+    """``(n * factor, n)`` float64 matrix taking ``n`` coarse values along an axis to the
+    fine pixels; the edge value is repeated past the ends (replicate padding)."""
+    out = np.zeros((n * factor, n), np.float64)
+    rows = np.arange(n * factor)
+    if method == "nearest":
+        out[rows, rows // factor] = 1.0
+        return out
+    pad = 2 if method == "bicubic" else 1
+    # Source coordinate on the padded axis of torch's align_corners=False (scale 1/factor).
+    x = (rows + pad * factor + 0.5) / factor - 0.5
+    if method == "bilinear":
+        x = np.maximum(x, 0.0)
+        x0 = np.floor(x).astype(np.int64)
+        lam = x - x0
+        taps = np.stack([x0, x0 + 1], axis=-1)
+        weights = np.stack([1.0 - lam, lam], axis=-1)
+    else:
+        x0 = np.floor(x).astype(np.int64)
+        taps = x0[:, None] + np.arange(-1, 3)[None, :]
+        weights = _cubic(x - x0)
+    src = np.clip(taps, 0, n + 2 * pad - 1) - pad  # index on the padded axis -> coarse cell
+    np.add.at(out, (np.repeat(rows, taps.shape[1]), np.clip(src, 0, n - 1).ravel()),
+              weights.ravel())
+    out.setflags(write=False)  # shared by the cache
+    return out
 
 
 MIN_CLASS_SHARE = 0.01

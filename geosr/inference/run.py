@@ -86,6 +86,7 @@ from geosr.io.read import (
     RasterInfo,
     ReaderCache,
     band1_overview,
+    band1_sample,
     container_file,
     gdal_env,
     raster_info,
@@ -331,11 +332,9 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             check_coverage(ainfo, fine, option=f"--aux {spec.name}", area=area)
         grids.append((fine, coarse))
 
-    from geosr.device import resolve_device
-
     # With a cluster, the device is resolved on each worker (a login node may have no
     # GPU); the local model copy then only serves its metadata.
-    device = resolve_device("cpu" if cfg.scheduler else cfg.device)
+    device = _device(cfg, method)
     workers = cfg.workers if cfg.workers is not None else min(MAX_DEFAULT_WORKERS, _cpu_count())
     if workers < 1:
         raise InputError(f"--workers {workers}: expected 1 or more")
@@ -387,7 +386,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     summaries = []
     try:
         with _torch_threads(max(1, _cpu_count() // max(engine.workers, 1))
-                            if not cfg.scheduler else None):
+                            if not cfg.scheduler and method is Method.net else None):
             for p in plans:
                 t1 = time.perf_counter()
                 job = TileJob(
@@ -425,6 +424,27 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         model_sha256=bundle.sha256 if bundle is not None else None,
         aux=tuple(s.name for s in aux),
     )
+
+
+class _NoTorchDevice:
+    """The device of a method that runs no network: the CPU, without importing torch."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def _device(cfg: DownscaleConfig, method: Method):
+    """The torch device of a network run; sharpening and bicubic run on the CPU without
+    importing torch (~2 s), unless a device other than ``auto``/``cpu`` is asked for (it
+    is checked as before)."""
+    from geosr.device import resolve_device
+
+    choice = "cpu" if cfg.scheduler else str(getattr(cfg.device, "value", cfg.device))
+    if method is not Method.net and choice in ("auto", "cpu"):
+        return _NoTorchDevice()
+    return resolve_device(choice)
 
 
 def _cpu_count() -> int:
@@ -518,6 +538,10 @@ def _check_aux_content(spec: LayerSpec, info: RasterInfo) -> None:
     if info.count > 1:
         log.warning("--aux %s %s has %d bands; only band 1 is used", spec.name, info.path,
                     info.count)
+    valid = band1_sample(info.path)
+    valid = valid[np.isfinite(valid)]
+    if valid.size and float(valid.max() - valid.min()) > 0.0:
+        return  # data with detail in a few blocks: no need to look at the whole layer
     sample = band1_overview(info.path)
     valid = sample[np.isfinite(sample)]
     if valid.size == 0:

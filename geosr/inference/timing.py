@@ -1,0 +1,56 @@
+"""Where a ``downscale`` run spends its time: seconds per stage, for the benchmark's
+breakdown and ``--json``.
+
+Stages (:data:`STAGES`): ``read`` (aux windows of the tiles), ``align`` (the coarse field
+onto the coarse grid, nodata filled), ``fit`` (the sharpening regression: coarse aux
+and fit), ``predict`` (the method on the tiles), ``blend`` (weighted stitching),
+``conserve`` (conservation, units, range and mask of completed rows), ``stage``
+(writing rows), ``overviews`` and ``compress`` (the output copy). Tile stages run on
+worker threads: their figures are thread-seconds, which may add up to more than the
+wall time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+STAGES = ("read", "align", "fit", "predict", "blend", "conserve", "stage", "overviews",
+          "compress")
+
+
+class StageTimes:
+    """Seconds per stage, added from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secs: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._secs[stage] = self._secs.get(stage, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._secs.clear()
+
+    def as_dict(self) -> dict[str, float]:
+        """Stages in :data:`STAGES` order (then any others), rounded to milliseconds."""
+        with self._lock:
+            names = [s for s in STAGES if s in self._secs] + sorted(
+                set(self._secs) - set(STAGES))
+            return {s: round(self._secs[s], 3) for s in names}
+
+
+TIMES = StageTimes()
+"""The process's stage times (reset at the start of each ``downscale``)."""
