@@ -289,13 +289,25 @@ class SharpenFit:
         Returns ``(H, W)`` and ``(H / factor, W / factor)`` float32, NaN where a term is
         NaN. One predictor at a time: memory does not grow with the number of classes.
         """
-        h, w = aux.shape[-2:]
-        fine = np.full((h, w), self.intercept, dtype=np.float64)
+        return self._apply(lambda t: _column(t, aux), lambda t, x: block_mean(x, factor),
+                           aux.shape[-2:], factor)
+
+    def _apply(self, column, mean, shape: tuple[int, int], factor: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`apply` with the predictors from ``column(term)`` and their block means
+        from ``mean(term, x)`` (shared between the bands of a tile)."""
+        h, w = shape
         coarse = np.full((h // factor, w // factor), self.intercept, dtype=np.float64)
+        if not self.terms:
+            return np.full((h, w), np.float32(self.intercept)), coarse.astype(np.float32)
+        fine = None
         for t, c in zip(self.terms, self.coef, strict=True):
-            x = _column(t, aux)
-            fine += c * x
-            coarse += c * block_mean(x, factor)
+            x = column(t)
+            if fine is None:  # intercept + c * x, the sum in float64 (one pass fewer)
+                fine = np.add(c * x, self.intercept, dtype=np.float64)
+            else:
+                fine += c * x
+            coarse += c * mean(t, x)
         return fine.astype(np.float32), coarse.astype(np.float32)
 
     def describe(self) -> str:
@@ -482,17 +494,54 @@ def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarr
     Returns:
         ``(h*f, w*f)`` float32; NaN where the coarse cell or any aux is NaN.
     """
-    if fit.terms:
-        fine_fit, coarse_fit = fit.apply(aux_fine_win, factor)
-        fine = fine_fit + upsample(coarse_win - coarse_fit, factor, interp)
-        # Where aux is missing but the coarse value exists, fall back to interpolation.
-        plain = upsample(coarse_win, factor, interp)
-        fine = np.where(np.isfinite(fine), fine, plain)
-    else:
-        fine = upsample(coarse_win, factor, interp)
-    fine = np.ascontiguousarray(fine, dtype=np.float32)
+    fine = sharpen_bands([fit], coarse_win[None], aux_fine_win, factor, interp=interp)[0]
     if conserve:
         conserve_blocks(fine, coarse_win, factor)
+    return fine
+
+
+def sharpen_bands(fits: Sequence[SharpenFit], coarse_win: np.ndarray, aux_fine_win: np.ndarray,
+                  factor: int, *, interp: str | Interp = Interp.bilinear) -> np.ndarray:
+    """:func:`sharpen_tile` (without conservation) for the bands of one window at once.
+
+    The predictors and their block means are computed once for all bands, and the
+    residuals (and, where some aux is missing, the plain interpolation) of all bands are
+    interpolated together.
+
+    Args:
+        fits: per band, its scene fit.
+        coarse_win: ``(B, h, w)`` coarse values of the bands.
+        aux_fine_win: ``(A, h*f, w*f)`` aux on the matching fine window.
+
+    Returns:
+        ``(B, h*f, w*f)`` float32.
+    """
+    b, h, w = coarse_win.shape
+    if not any(fit.terms for fit in fits):
+        return upsample(coarse_win, factor, interp)
+    columns: dict[SharpenTerm, np.ndarray] = {}
+    means: dict[SharpenTerm, np.ndarray] = {}
+
+    def column(t: SharpenTerm) -> np.ndarray:
+        if t not in columns:
+            columns[t] = _column(t, aux_fine_win)
+        return columns[t]
+
+    def mean(t: SharpenTerm, x: np.ndarray) -> np.ndarray:
+        if t not in means:
+            means[t] = block_mean(x, factor)
+        return means[t]
+
+    fine = np.empty((b, h * factor, w * factor), np.float32)
+    resid = np.empty((b, h, w), np.float32)
+    for k, fit in enumerate(fits):
+        fine[k], coarse_fit = fit._apply(column, mean, (h * factor, w * factor), factor)
+        resid[k] = coarse_win[k] - coarse_fit
+    fine += upsample(resid, factor, interp)
+    # Where aux is missing but the coarse value exists, fall back to interpolation.
+    bad = ~np.isfinite(fine)
+    if bad.any():
+        np.copyto(fine, upsample(coarse_win, factor, interp), where=bad)
     return fine
 
 

@@ -74,6 +74,7 @@ from geosr.inference.config import (
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
+from geosr.inference.timing import TIMES
 from geosr.inference.uncertain import (
     MAX_MEMBERS,
     ExtraSinks,
@@ -195,8 +196,9 @@ class _BlockRowWriter:
         self._top = 0  # grid row of the first row not yet written
 
     def _put(self, top: int, arr: np.ndarray) -> None:
-        self.dst.write(np.ascontiguousarray(arr), self.bands,
-                       window=Window(0, top, self.width, arr.shape[1]))
+        with TIMES("stage"):
+            self.dst.write(np.ascontiguousarray(arr), self.bands,
+                           window=Window(0, top, self.width, arr.shape[1]))
 
     def write(self, top: int, arr: np.ndarray) -> None:
         if top != self._top + (0 if self._pending is None else self._pending.shape[1]):
@@ -263,6 +265,7 @@ def downscale(cfg: DownscaleConfig, *, progress: Progress | None = None) -> Down
 
 def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResult:
     t0 = time.perf_counter()
+    TIMES.reset()
     if not cfg.coarse:
         raise InputError("no input: give one or more COARSE rasters")
     if cfg.out is not None and len(cfg.coarse) > 1:
@@ -422,7 +425,7 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         tile_px=first.tile_px, overlap_px=first.overlap_px, seconds=time.perf_counter() - t0,
         model=str(cfg.model) if cfg.model else None,
         model_sha256=bundle.sha256 if bundle is not None else None,
-        aux=tuple(s.name for s in aux),
+        aux=tuple(s.name for s in aux), stages=TIMES.as_dict(),
     )
 
 
@@ -667,10 +670,12 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     t0 = time.perf_counter()
     aux_coarse = None
     if job.method is Method.sharpen:
+        t_fit = time.perf_counter()
         aux_coarse = [_read_coarse_aux(s.path, fine, coarse_grid, engine.workers, resampling=r,
                                        categorical=bool(s.categorical), name=s.name,
                                        max_cells=FIT_MAX_CELLS)
                       for s, (_, r) in zip(aux, job.aux, strict=True)]
+        TIMES.add("fit", time.perf_counter() - t_fit)
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else info.variable or layer_name_from_path(info.path)
@@ -717,15 +722,17 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                     if extras is not None:  # inside the stack: renamed only when complete
                         extras.finish(fmt=fmt, variable=variable)
             finally:
-                dst.close()
+                with TIMES("stage"):
+                    dst.close()
             check_written(tmp_tif)  # GDAL may close a file it failed to write
             t2 = time.perf_counter()
             step = f"{name} ({fmt.label})"
             if progress:
                 progress(step, 0, total)
-            write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
-                         progress=(lambda i, n: progress(step, total * i // max(n, 1), total))
-                         if progress else None)
+            with TIMES(f"overviews+compress ({fmt.label})"):
+                write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
+                             progress=(lambda i, n: progress(step, total * i // max(n, 1),
+                                                             total)) if progress else None)
             log.debug("%s: fit %.1f s, tiles %.1f s, %s %.1f s", name, t1 - t0, t2 - t1,
                       fmt.label, time.perf_counter() - t2)
             if progress:
@@ -754,6 +761,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     """
     info, fine, plan = p.info, p.fine, p.tiles
     name = Path(p.out).name
+    t_align = time.perf_counter()
     coarse = crd.read(None, p.source_bands(group))
     if p.valid_range is not None:  # in the input's units, before any conversion
         p.clipped += clip_to_range(coarse, p.valid_range)
@@ -773,12 +781,15 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                             "expected data over the area")
         log.warning("%s bands %d-%d: no valid coarse cells in the grid; the output is nodata "
                     "there", info.path, group[0] + 1, group[-1] + 1)
+    TIMES.add("align", time.perf_counter() - t_align)
     if job.method is Method.sharpen:
-        job = _with_fits(job, coarse, aux_coarse, info, group, dst)
+        with TIMES("fit"):
+            job = _with_fits(job, coarse, aux_coarse, info, group, dst)
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
-    filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
+    with TIMES("align"):
+        filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
     stitch = RowStitcher(plan, bands=len(group) * (2 if job.spread else 1))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
@@ -788,8 +799,9 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     extra = None if extras is None else (extras, group, p.units)
     items = _tile_items(plan, filled, tile_batch, job)
     for tiles, preds in _ordered(engine, items, job, predictor):
-        for tile, pred in zip(tiles, preds, strict=True):
-            stitch.add(tile, pred)
+        with TIMES("blend"):
+            for tile, pred in zip(tiles, preds, strict=True):
+                stitch.add(tile, pred)
         done += sum(t.core.width * t.core.height for t in tiles) * len(group)  # cores tile the grid
         if progress:
             progress(name, done, total)
@@ -818,6 +830,7 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
     (:class:`~geosr.inference.uncertain.ExtraSinks`)."""
     if done is None:
         return
+    t_conserve = time.perf_counter()
     top, arr = done
     sigma = None
     if extra is not None:
@@ -836,7 +849,9 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
             bounded_conserve(arr, rows, f, valid.lo, valid.hi)
         else:
             clip_to_range(arr, valid)
-    writer.write(top, mask_nodata_blocks(arr, rows, f))
+    arr = mask_nodata_blocks(arr, rows, f)
+    TIMES.add("conserve", time.perf_counter() - t_conserve)
+    writer.write(top, arr)
     if extra is not None:
         sinks, group, units = extra
         scale = np.ones(len(group), np.float32)
