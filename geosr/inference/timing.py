@@ -5,7 +5,8 @@ Stages (:data:`STAGES`): ``read`` (aux windows of the tiles), ``align`` (the coa
 onto the coarse grid, nodata filled), ``fit`` (the sharpening regression: coarse aux
 and fit), ``predict`` (the method on the tiles), ``blend`` (weighted stitching),
 ``conserve`` (conservation, units, range and mask of completed rows), ``stage``
-(writing rows), ``overviews`` and ``compress`` (the output copy). Tile stages run on
+(writing rows to the stage file) and ``overviews+compress (FORMAT)`` (the copy to the
+output, which GDAL's COG driver does in one call). Tile stages run on
 worker threads: their figures are thread-seconds, which may add up to more than the
 wall time.
 """
@@ -17,8 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-STAGES = ("read", "align", "fit", "predict", "blend", "conserve", "stage", "overviews",
-          "compress")
+STAGES = ("read", "align", "fit", "predict", "blend", "conserve", "stage")
 
 
 class StageTimes:

@@ -74,6 +74,14 @@ a 744-band float32 output has 780 MB tiles and peaked at 2.4 GB. 32 MiB keeps up
 float32 bands pixel-interleaved at 512 px blocks."""
 
 
+def fitted_block(block: int, width: int, height: int) -> int:
+    """``block``, or less for a raster smaller than one block: the next multiple of 16
+    (TIFF tiles) above its larger side (a block as wide as the raster reads as untiled
+    to rasterio). Why: a 92 x 92 px band in a 512 px tile is 31 times its size to fill,
+    compress and write; 744 such bands took 4.3 s to copy."""
+    return max(16, min(block, (max(width, height) // 16 + 1) * 16))
+
+
 def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, **options) -> None:
     """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF: tiled, internal overviews, IFDs first.
 
@@ -87,7 +95,12 @@ def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, *
     opts = {**COG_OPTIONS, **{k.upper(): str(v) for k, v in options.items()}}
     try:
         with rasterio.open(src_path) as src:
+            # The layout follows the nominal block (the band count decides it); a raster
+            # smaller than one block gets a smaller block.
             tile = src.count * int(opts["BLOCKSIZE"]) ** 2 * np.dtype(src.dtypes[0]).itemsize
+            if "BLOCKSIZE" not in {k.upper() for k in options}:
+                opts["BLOCKSIZE"] = str(fitted_block(int(opts["BLOCKSIZE"]), src.width,
+                                                     src.height))
         if tile <= COG_PIXEL_TILE_MAX_BYTES:
             rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
         else:
@@ -176,6 +189,7 @@ def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block
     profile = {**gtiff_profile(grid, count, block=block), "compress": "zstd", "zstd_level": 1,
                "interleave": "band"}
     if profile.get("tiled"):
+        profile["blockxsize"] = fitted_block(block, grid.width, 0)
         profile["blockysize"] = block_rows
     profile.pop("predictor", None)
     return _create(path, profile, descriptions, units, tags)
