@@ -4,8 +4,10 @@ copy to a Cloud-Optimized GeoTIFF, and the check that a written file is complete
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +176,21 @@ def check_written(path: str | os.PathLike) -> None:
                               f"{hint}") from e
 
 
+@contextlib.contextmanager
+def stage_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A failed write to the stage file as a one-line :class:`ProcessingError` with the
+    usual hint (an uncompressed stage fails in the write itself, not at the check)."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as e:
+        raise ProcessingError(f"{path}: writing failed ({_reason(e)}); check free disk space "
+                              "and file-size limits") from e
+
+
+STAGE_RAW_MAX_BYTES = 1 << 30
+"""Largest stage file written uncompressed (temporary disk space beside the output)."""
+
+
 def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block: int = 512,
                        block_rows: int = 32, descriptions: list[str] | None = None,
                        units: list[str] | None = None,
@@ -184,10 +201,16 @@ def open_stream_writer(path: str | os.PathLike, grid: Grid, count: int, *, block
     wide, short tiles (``block`` x ``block_rows``) so that a writer holding back a
     partial row of blocks holds little; ZSTD level 1 without predictor: the file is
     written once, read once by :func:`translate_to_cog` and deleted, so speed matters
-    more than size. Write whole rows of blocks (row offsets multiple of ``block_rows``).
+    more than size. Up to :data:`STAGE_RAW_MAX_BYTES` of pixels, not compressed at all:
+    the file then stays in the page cache and its compression and two decodings (the
+    COG driver reads it for the overviews and again for the copy) are saved. Write whole
+    rows of blocks (row offsets multiple of ``block_rows``).
     """
     profile = {**gtiff_profile(grid, count, block=block), "compress": "zstd", "zstd_level": 1,
                "interleave": "band"}
+    if 4 * count * grid.width * grid.height <= STAGE_RAW_MAX_BYTES:
+        profile["compress"] = "none"
+        profile.pop("zstd_level")
     if profile.get("tiled"):
         profile["blockxsize"] = fitted_block(block, grid.width, 0)
         profile["blockysize"] = block_rows
