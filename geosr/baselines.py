@@ -16,6 +16,7 @@ what makes a tile of a padded coarse window identical to the same pixels of the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -50,27 +51,66 @@ def upsample(coarse: np.ndarray, factor: int, method: str | Interp = Interp.bicu
         ``(..., h*factor, w*factor)`` float32; NaN where the covering coarse cell is NaN.
         NaN cells are filled from their nearest valid neighbour before interpolating, so
         nodata never leaks into valid cells.
-    """
-    import torch
-    import torch.nn.functional as F
 
+    The kernels are torch's ``interpolate`` (``align_corners=False``; bicubic with
+    ``A = -0.75``) on the field replicate-padded by the kernel's reach, so that the edge
+    continues flat. Both axes are separable: two small matrix products per field in
+    float64 (:func:`_axis_weights`), without torch (its import alone takes ~2 s) and 3x
+    faster than its kernel at factor 20.
+    """
     method = Interp(method)
     lead = coarse.shape[:-2]
     h, w = coarse.shape[-2:]
     flat = coarse.reshape(-1, h, w).astype(np.float32)
     filled = fill_nearest(flat)
-    t = torch.from_numpy(np.nan_to_num(filled, nan=0.0))[:, None]
-    if method is Interp.nearest:
-        out = t.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-    else:
-        # Replicate-pad one coarse cell so the kernels see a flat continuation at the edge
-        # instead of torch's clamped-index border; crop back afterwards.
-        pad = 2 if method is Interp.bicubic else 1
-        tp = F.pad(t, (pad, pad, pad, pad), mode="replicate")
-        out = F.interpolate(tp, scale_factor=factor, mode=method.value, align_corners=False)
-        out = out[..., pad * factor:(pad + h) * factor, pad * factor:(pad + w) * factor]
-    out = mask_nodata_blocks(out[:, 0].numpy().astype(np.float32), flat, factor)
+    t = np.nan_to_num(filled, nan=0.0).astype(np.float64)
+    wy = _axis_weights(h, factor, method.value)
+    wx = _axis_weights(w, factor, method.value)
+    out = np.matmul(np.matmul(wy, t), wx.T)
+    out = mask_nodata_blocks(np.ascontiguousarray(out, dtype=np.float32), flat, factor)
     return out.reshape(*lead, h * factor, w * factor)
+
+
+def _cubic(t: np.ndarray) -> np.ndarray:
+    """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractions ``t`` (torch's A=-0.75)."""
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n: int, factor: int, method: str) -> np.ndarray:
+    """``(n * factor, n)`` float64 matrix taking ``n`` coarse values along an axis to the
+    fine pixels; the edge value is repeated past the ends (replicate padding)."""
+    out = np.zeros((n * factor, n), np.float64)
+    rows = np.arange(n * factor)
+    if method == "nearest":
+        out[rows, rows // factor] = 1.0
+        return out
+    pad = 2 if method == "bicubic" else 1
+    # Source coordinate on the padded axis of torch's align_corners=False (scale 1/factor).
+    x = (rows + pad * factor + 0.5) / factor - 0.5
+    if method == "bilinear":
+        x = np.maximum(x, 0.0)
+        x0 = np.floor(x).astype(np.int64)
+        lam = x - x0
+        taps = np.stack([x0, x0 + 1], axis=-1)
+        weights = np.stack([1.0 - lam, lam], axis=-1)
+    else:
+        x0 = np.floor(x).astype(np.int64)
+        taps = x0[:, None] + np.arange(-1, 3)[None, :]
+        weights = _cubic(x - x0)
+    src = np.clip(taps, 0, n + 2 * pad - 1) - pad  # index on the padded axis -> coarse cell
+    np.add.at(out, (np.repeat(rows, taps.shape[1]), np.clip(src, 0, n - 1).ravel()),
+              weights.ravel())
+    out.setflags(write=False)  # shared by the cache
+    return out
 
 
 MIN_CLASS_SHARE = 0.01
@@ -249,13 +289,25 @@ class SharpenFit:
         Returns ``(H, W)`` and ``(H / factor, W / factor)`` float32, NaN where a term is
         NaN. One predictor at a time: memory does not grow with the number of classes.
         """
-        h, w = aux.shape[-2:]
-        fine = np.full((h, w), self.intercept, dtype=np.float64)
+        return self._apply(lambda t: _column(t, aux), lambda t, x: block_mean(x, factor),
+                           aux.shape[-2:], factor)
+
+    def _apply(self, column, mean, shape: tuple[int, int], factor: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`apply` with the predictors from ``column(term)`` and their block means
+        from ``mean(term, x)`` (shared between the bands of a tile)."""
+        h, w = shape
         coarse = np.full((h // factor, w // factor), self.intercept, dtype=np.float64)
+        if not self.terms:
+            return np.full((h, w), np.float32(self.intercept)), coarse.astype(np.float32)
+        fine = None
         for t, c in zip(self.terms, self.coef, strict=True):
-            x = _column(t, aux)
-            fine += c * x
-            coarse += c * block_mean(x, factor)
+            x = column(t)
+            if fine is None:  # intercept + c * x, the sum in float64 (one pass fewer)
+                fine = np.add(c * x, self.intercept, dtype=np.float64)
+            else:
+                fine += c * x
+            coarse += c * mean(t, x)
         return fine.astype(np.float32), coarse.astype(np.float32)
 
     def describe(self) -> str:
@@ -442,17 +494,54 @@ def sharpen_tile(fit: SharpenFit, coarse_win: np.ndarray, aux_fine_win: np.ndarr
     Returns:
         ``(h*f, w*f)`` float32; NaN where the coarse cell or any aux is NaN.
     """
-    if fit.terms:
-        fine_fit, coarse_fit = fit.apply(aux_fine_win, factor)
-        fine = fine_fit + upsample(coarse_win - coarse_fit, factor, interp)
-        # Where aux is missing but the coarse value exists, fall back to interpolation.
-        plain = upsample(coarse_win, factor, interp)
-        fine = np.where(np.isfinite(fine), fine, plain)
-    else:
-        fine = upsample(coarse_win, factor, interp)
-    fine = np.ascontiguousarray(fine, dtype=np.float32)
+    fine = sharpen_bands([fit], coarse_win[None], aux_fine_win, factor, interp=interp)[0]
     if conserve:
         conserve_blocks(fine, coarse_win, factor)
+    return fine
+
+
+def sharpen_bands(fits: Sequence[SharpenFit], coarse_win: np.ndarray, aux_fine_win: np.ndarray,
+                  factor: int, *, interp: str | Interp = Interp.bilinear) -> np.ndarray:
+    """:func:`sharpen_tile` (without conservation) for the bands of one window at once.
+
+    The predictors and their block means are computed once for all bands, and the
+    residuals (and, where some aux is missing, the plain interpolation) of all bands are
+    interpolated together.
+
+    Args:
+        fits: per band, its scene fit.
+        coarse_win: ``(B, h, w)`` coarse values of the bands.
+        aux_fine_win: ``(A, h*f, w*f)`` aux on the matching fine window.
+
+    Returns:
+        ``(B, h*f, w*f)`` float32.
+    """
+    b, h, w = coarse_win.shape
+    if not any(fit.terms for fit in fits):
+        return upsample(coarse_win, factor, interp)
+    columns: dict[SharpenTerm, np.ndarray] = {}
+    means: dict[SharpenTerm, np.ndarray] = {}
+
+    def column(t: SharpenTerm) -> np.ndarray:
+        if t not in columns:
+            columns[t] = _column(t, aux_fine_win)
+        return columns[t]
+
+    def mean(t: SharpenTerm, x: np.ndarray) -> np.ndarray:
+        if t not in means:
+            means[t] = block_mean(x, factor)
+        return means[t]
+
+    fine = np.empty((b, h * factor, w * factor), np.float32)
+    resid = np.empty((b, h, w), np.float32)
+    for k, fit in enumerate(fits):
+        fine[k], coarse_fit = fit._apply(column, mean, (h * factor, w * factor), factor)
+        resid[k] = coarse_win[k] - coarse_fit
+    fine += upsample(resid, factor, interp)
+    # Where aux is missing but the coarse value exists, fall back to interpolation.
+    bad = ~np.isfinite(fine)
+    if bad.any():
+        np.copyto(fine, upsample(coarse_win, factor, interp), where=bad)
     return fine
 
 

@@ -159,6 +159,7 @@ class DownscaleResult:
     model_sha256: str | None = None
     aux: tuple[str, ...] = ()
     warnings: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def megapixels(self) -> float:
@@ -180,4 +181,5 @@ class DownscaleResult:
             "model": self.model, "model_sha256": self.model_sha256, "aux": list(self.aux),
             "seconds": round(self.seconds, 3), "megapixels": round(self.megapixels, 3),
             "mpx_per_s": round(self.mpx_per_s, 3),
+            "stages": dict(self.stages),
         }

@@ -80,6 +80,7 @@ from geosr.inference.config import (
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
+from geosr.inference.timing import TIMES
 from geosr.inference.uncertain import (
     MAX_MEMBERS,
     ExtraSinks,
@@ -92,12 +93,13 @@ from geosr.io.read import (
     RasterInfo,
     ReaderCache,
     band1_overview,
+    band1_sample,
     container_file,
     gdal_env,
     raster_info,
 )
 from geosr.io.sinks import atomic_output, check_output, output_format, stage_path, write_output
-from geosr.io.write import check_written, open_stream_writer
+from geosr.io.write import check_written, open_stream_writer, stage_errors
 from geosr.model.domain import aux_shifts, band_shifts, summarise
 from geosr.sources import (
     LayerSpec,
@@ -116,8 +118,9 @@ STAGE_BLOCK_ROWS = 32  # rows of the stage file's blocks (the writer holds back 
 
 # Coarse cells the sharpening regression is fitted on, at most: beyond, a systematic
 # sample of row strips (a few coefficients need far fewer cells; reading all of a
-# 16k x 16k aux twice would cost as much as the tiles themselves).
-FIT_MAX_CELLS = 250_000
+# 16k x 16k aux twice would cost as much as the tiles themselves; at 8000^2 px and factor
+# 20, 3 of 8 strips: the fit took 0.7 s of a 5 s run).
+FIT_MAX_CELLS = 65_536
 
 
 # Bands processed together, at most. Beyond a few dozen the per-group costs (aux windows
@@ -201,8 +204,9 @@ class _BlockRowWriter:
         self._top = 0  # grid row of the first row not yet written
 
     def _put(self, top: int, arr: np.ndarray) -> None:
-        self.dst.write(np.ascontiguousarray(arr), self.bands,
-                       window=Window(0, top, self.width, arr.shape[1]))
+        with TIMES("stage"), stage_errors(getattr(self.dst, "name", "stage file")):
+            self.dst.write(np.ascontiguousarray(arr), self.bands,
+                           window=Window(0, top, self.width, arr.shape[1]))
 
     def write(self, top: int, arr: np.ndarray) -> None:
         if top != self._top + (0 if self._pending is None else self._pending.shape[1]):
@@ -270,6 +274,7 @@ def downscale(cfg: DownscaleConfig, *, progress: Progress | None = None) -> Down
 
 def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResult:
     t0 = time.perf_counter()
+    TIMES.reset()
     if not cfg.coarse:
         raise InputError("no input: give one or more COARSE rasters")
     if cfg.out is not None and len(cfg.coarse) > 1:
@@ -339,11 +344,9 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             check_coverage(ainfo, fine, option=f"--aux {spec.name}", area=area)
         grids.append((fine, coarse))
 
-    from geosr.device import resolve_device
-
     # With a cluster, the device is resolved on each worker (a login node may have no
     # GPU); the local model copy then only serves its metadata.
-    device = resolve_device("cpu" if cfg.scheduler else cfg.device)
+    device = _device(cfg, method)
     workers = cfg.workers if cfg.workers is not None else min(MAX_DEFAULT_WORKERS, _cpu_count())
     if workers < 1:
         raise InputError(f"--workers {workers}: expected 1 or more")
@@ -395,7 +398,8 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     summaries = []
     try:
         with _torch_threads(max(1, _cpu_count() // max(engine.workers, 1))
-                            if not cfg.scheduler else None):
+                            if not cfg.scheduler and method is Method.net else None), \
+                _blas_threads(1 if not cfg.scheduler else None):
             for p in plans:
                 t1 = time.perf_counter()
                 job = TileJob(
@@ -431,8 +435,29 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
         tile_px=first.tile_px, overlap_px=first.overlap_px, seconds=time.perf_counter() - t0,
         model=str(cfg.model) if cfg.model else None,
         model_sha256=bundle.sha256 if bundle is not None else None,
-        aux=tuple(s.name for s in aux),
+        aux=tuple(s.name for s in aux), stages=TIMES.as_dict(),
     )
+
+
+class _NoTorchDevice:
+    """The device of a method that runs no network: the CPU, without importing torch."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def _device(cfg: DownscaleConfig, method: Method):
+    """The torch device of a network run; sharpening and bicubic run on the CPU without
+    importing torch (~2 s), unless a device other than ``auto``/``cpu`` is asked for (it
+    is checked as before)."""
+    from geosr.device import resolve_device
+
+    choice = "cpu" if cfg.scheduler else str(getattr(cfg.device, "value", cfg.device))
+    if method is not Method.net and choice in ("auto", "cpu"):
+        return _NoTorchDevice()
+    return resolve_device(choice)
 
 
 def _cpu_count() -> int:
@@ -456,6 +481,20 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int | None) -> Iterator[None]:
+    """At most ``n`` BLAS threads per call (restored afterwards): the tile threads are the
+    parallelism. Why: OpenBLAS's own threads, nested in the tile threads, spin while they
+    wait; on a busy 2-core machine bicubic's small matrix products took 12x longer."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 def _resolve_method(cfg: DownscaleConfig) -> Method:
@@ -526,6 +565,10 @@ def _check_aux_content(spec: LayerSpec, info: RasterInfo) -> None:
     if info.count > 1:
         log.warning("--aux %s %s has %d bands; only band 1 is used", spec.name, info.path,
                     info.count)
+    valid = band1_sample(info.path)
+    valid = valid[np.isfinite(valid)]
+    if valid.size and float(valid.max() - valid.min()) > 0.0:
+        return  # data with detail in a few blocks: no need to look at the whole layer
     sample = band1_overview(info.path)
     valid = sample[np.isfinite(sample)]
     if valid.size == 0:
@@ -656,17 +699,21 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
     t0 = time.perf_counter()
     aux_coarse = None
     if job.method is Method.sharpen:
+        t_fit = time.perf_counter()
         aux_coarse = [_read_coarse_aux(s.path, fine, coarse_grid, engine.workers, resampling=r,
                                        categorical=bool(s.categorical), name=s.name,
                                        max_cells=FIT_MAX_CELLS)
                       for s, (_, r) in zip(aux, job.aux, strict=True)]
+        TIMES.add("fit", time.perf_counter() - t_fit)
     elif getattr(predictor, "scene", False):  # continuous layers' cell means
+        t_fit = time.perf_counter()
         aux_coarse = [None if spec.categorical else _read_coarse_aux(
             s.path, fine, coarse_grid, engine.workers, resampling=r, name=s.name,
             max_cells=FIT_MAX_CELLS).values[0]
             for s, spec, (_, r) in zip(aux, predictor.bundle.aux, job.aux, strict=True)]
         p.shifts.extend(aux_shifts(aux_coarse, [s.name for s in predictor.bundle.aux],
                                    predictor.bundle.training or {}))
+        TIMES.add("fit", time.perf_counter() - t_fit)
 
     variable = bundle.variable if bundle is not None and getattr(bundle, "variable", "") \
         else info.variable or layer_name_from_path(info.path)
@@ -715,15 +762,17 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                 if bundle is not None and hasattr(bundle, "training"):
                     _report_shift(p, dst, bundle, units_default)
             finally:
-                dst.close()
+                with TIMES("stage"), stage_errors(tmp_tif):
+                    dst.close()
             check_written(tmp_tif)  # GDAL may close a file it failed to write
             t2 = time.perf_counter()
             step = f"{name} ({fmt.label})"
             if progress:
                 progress(step, 0, total)
-            write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
-                         progress=(lambda i, n: progress(step, total * i // max(n, 1), total))
-                         if progress else None)
+            with TIMES(f"overviews+compress ({fmt.label})"):
+                write_output(tmp_tif, tmp_out, fmt=fmt, variable=variable,
+                             progress=(lambda i, n: progress(step, total * i // max(n, 1),
+                                                             total)) if progress else None)
             log.debug("%s: fit %.1f s, tiles %.1f s, %s %.1f s", name, t1 - t0, t2 - t1,
                       fmt.label, time.perf_counter() - t2)
             if progress:
@@ -752,6 +801,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     """
     info, fine, plan = p.info, p.fine, p.tiles
     name = Path(p.out).name
+    t_align = time.perf_counter()
     coarse = crd.read(None, p.source_bands(group))
     if p.valid_range is not None:  # in the input's units, before any conversion
         p.clipped += clip_to_range(coarse, p.valid_range)
@@ -771,16 +821,20 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
                             "expected data over the area")
         log.warning("%s bands %d-%d: no valid coarse cells in the grid; the output is nodata "
                     "there", info.path, group[0] + 1, group[-1] + 1)
+    TIMES.add("align", time.perf_counter() - t_align)
     if job.method is Method.sharpen:
-        job = _with_fits(job, coarse, aux_coarse, info, group, dst)
+        with TIMES("fit"):
+            job = _with_fits(job, coarse, aux_coarse, info, group, dst)
     elif getattr(predictor, "scene", False):
-        job = _with_scenes(job, coarse, aux_coarse, predictor, info, group, dst)
+        with TIMES("fit"):
+            job = _with_scenes(job, coarse, aux_coarse, predictor, info, group, dst)
     if job.method is Method.net and hasattr(getattr(predictor, "bundle", None), "training"):
         _band_shifts(p, job, coarse, group, predictor.bundle)
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
-    filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
+    with TIMES("align"):
+        filled = coarse if np.isfinite(coarse).all() else fill_nearest(coarse)
     stitch = RowStitcher(plan, bands=len(group) * (2 if job.spread else 1))
     writer = _BlockRowWriter(dst, [b + 1 for b in group], fine.width, fine.height,
                              STAGE_BLOCK_ROWS)
@@ -790,8 +844,9 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
     extra = None if extras is None else (extras, group, p.units)
     items = _tile_items(plan, filled, tile_batch, job)
     for tiles, preds in _ordered(engine, items, job, predictor):
-        for tile, pred in zip(tiles, preds, strict=True):
-            stitch.add(tile, pred)
+        with TIMES("blend"):
+            for tile, pred in zip(tiles, preds, strict=True):
+                stitch.add(tile, pred)
         done += sum(t.core.width * t.core.height for t in tiles) * len(group)  # cores tile the grid
         if progress:
             progress(name, done, total)
@@ -820,6 +875,7 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
     (:class:`~geosr.inference.uncertain.ExtraSinks`)."""
     if done is None:
         return
+    t_conserve = time.perf_counter()
     top, arr = done
     sigma = None
     if extra is not None:
@@ -838,7 +894,9 @@ def _flush(done: tuple[int, np.ndarray] | None, writer: _BlockRowWriter, coarse:
             bounded_conserve(arr, rows, f, valid.lo, valid.hi)
         else:
             clip_to_range(arr, valid)
-    writer.write(top, mask_nodata_blocks(arr, rows, f))
+    arr = mask_nodata_blocks(arr, rows, f)
+    TIMES.add("conserve", time.perf_counter() - t_conserve)
+    writer.write(top, arr)
     if extra is not None:
         sinks, group, units = extra
         scale = np.ones(len(group), np.float32)
