@@ -237,3 +237,15 @@ def test_aux_nodata_takes_its_cell_mean_not_the_training_mean(tmp_path):
     filled[0, 0, :F // 2, :F] = land.mean()
     a, b = pred.predict(coarse, aux[:, :1]), pred.predict(coarse, filled)
     assert np.allclose(a, b, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("units, variable, scene, want", [
+    ("degC", "t2m", None, True), ("", "tasmax", None, True), ("mm/day", "rainfall", None, False),
+    ("", "pr", None, False), ("mm", "rainfall", True, True), ("degC", "t2m", False, False)])
+def test_scene_default_is_off_for_precipitation(units, variable, scene, want):
+    from types import SimpleNamespace
+
+    from geosr.training.loop import _scene_default
+
+    cfg = SimpleNamespace(scene=scene)
+    assert _scene_default(cfg, SimpleNamespace(units=units, variable=variable)) is want

@@ -160,10 +160,11 @@ def train_cmd(
                                              "the training cells, at least 8)."),
     augment: bool = typer.Option(False, "--augment",
                                  help="Random flips/rotations of patches (isotropic fields)."),
-    scene: bool = typer.Option(True, "--scene/--no-scene",
+    scene: bool = typer.Option(None, "--scene/--no-scene",
                                help="Scene-adaptive network: standardise each date with its own "
                                     "mean and spread and start from its own sharpening fit, so "
-                                    "the model carries over to other periods and regions."),
+                                    "the model carries over to other periods and regions "
+                                    "(default: on, except for precipitation)."),
     arch: list[str] = typer.Option(None, "--arch", metavar="KEY=VALUE",
                                    help="Architecture override, e.g. fine_width=32 (repeatable)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: "
@@ -181,7 +182,8 @@ def train_cmd(
         loss=loss, gan=gan, gan_recon_weight=gan_weight, conserve=conserve,
         probabilistic=probabilistic, seed=seed, device=device.value, resume=resume,
         overwrite=overwrite, lr=lr,
-        steps_per_epoch=steps_per_epoch, augment=augment, scene=scene, arch=parse_arch(arch or ()),
+        steps_per_epoch=steps_per_epoch, augment=augment, scene=scene,
+        arch=parse_arch(arch or ()),
         threads=threads,
         dist=dist_from_env(os.environ),
     )

@@ -167,6 +167,21 @@ def _coarse_stats(manifest: Manifest) -> dict:
     return {"min": st.min, "max": st.max, "mean": st.mean, "std": st.std} if st else {}
 
 
+def _scene_default(cfg: TrainConfig, manifest: Manifest) -> bool:
+    """``cfg.scene``, else on except for precipitation (units or variable name): on daily
+    rain the scene's sharpening fit and per-day spread hurt (measured, README)."""
+    if cfg.scene is not None:
+        return bool(cfg.scene)
+    from geosr.constraints import from_names, from_units
+
+    rain = from_units(manifest.units) is not None or (
+        not manifest.units and from_names([manifest.variable])[0] is not None)
+    if rain:
+        log.info("precipitation (%s): a fixed-statistics network (pass --scene to make it "
+                 "scene-adaptive)", manifest.units or manifest.variable)
+    return not rain
+
+
 def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpec, ...]):
     from geosr.nn import NetConfig
 
@@ -178,7 +193,8 @@ def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpe
     try:
         return NetConfig(factor=manifest.factor, n_coarse=1,
                          n_aux=sum(s.channels for s in specs), conserve=cfg.conserve,
-                         spread=cfg.probabilistic, scene=cfg.scene, **arch)
+                         spread=cfg.probabilistic, scene=_scene_default(cfg, manifest),
+                         **arch)
     except (TypeError, ValueError) as e:
         raise InputError(f"--arch: {e}") from e
 
