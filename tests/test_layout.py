@@ -139,6 +139,7 @@ DISTRIBUTION = {  # import name -> requirement that provides it
     "rich": "rich", "matplotlib": "matplotlib", "dask": "dask",
     "distributed": "dask[distributed]", "xarray": "xarray", "rioxarray": "rioxarray",
     "netCDF4": "netcdf4", "zarr": "zarr", "numcodecs": "numcodecs", "safetensors": "safetensors",
+    "threadpoolctl": "threadpoolctl",
     # typer releases that do not vendor click depend on it; cli/_app.py falls back to it
     "click": "typer",
 }

@@ -76,6 +76,10 @@ a 744-band float32 output has 780 MB tiles and peaked at 2.4 GB. 32 MiB keeps up
 float32 bands pixel-interleaved at 512 px blocks."""
 
 
+COG_MIN_BLOCK = 128
+"""Smallest BLOCKSIZE GDAL's COG driver accepts."""
+
+
 def fitted_block(block: int, width: int, height: int) -> int:
     """``block``, or less for a raster smaller than one block: the next multiple of 16
     (TIFF tiles) above its larger side (a block as wide as the raster reads as untiled
@@ -101,8 +105,9 @@ def translate_to_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike, *
             # smaller than one block gets a smaller block.
             tile = src.count * int(opts["BLOCKSIZE"]) ** 2 * np.dtype(src.dtypes[0]).itemsize
             if "BLOCKSIZE" not in {k.upper() for k in options}:
-                opts["BLOCKSIZE"] = str(fitted_block(int(opts["BLOCKSIZE"]), src.width,
-                                                     src.height))
+                # GDAL's COG driver refuses (with a warning) blocks below 128 px.
+                opts["BLOCKSIZE"] = str(max(COG_MIN_BLOCK, fitted_block(
+                    int(opts["BLOCKSIZE"]), src.width, src.height)))
         if tile <= COG_PIXEL_TILE_MAX_BYTES:
             rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", **opts)
         else:
