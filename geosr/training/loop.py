@@ -450,8 +450,16 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
         group = _Group(dist, device)
         with DatasetReader(manifest, tuple(s.name for s in specs), all_bands,
                            cache_mb=cfg.cache_mb) as reader:
-            return _train(cfg, manifest, reader, specs, norm, net_cfg, device, group,
-                          (out, ckpt_path, csv_path, json_path), t_start, progress)
+            result = _train(cfg, manifest, reader, specs, norm, net_cfg, device, group,
+                            (out, ckpt_path, csv_path, json_path), t_start, progress)
+        if group.active:
+            # Every rank waits until rank 0 has written the bundle: a rank that tore down
+            # its process group and exited while rank 0 was still saving aborted gloo
+            # ("terminate called without an active exception") and torchrun failed.
+            import torch.distributed as tdist
+
+            tdist.barrier()
+        return result
     except torch.cuda.OutOfMemoryError as e:
         raise ProcessingError(f"{device}: out of GPU memory ({str(e).splitlines()[0]}); use a "
                               "smaller --batch-size or --patch") from e
