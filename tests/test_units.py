@@ -173,3 +173,16 @@ def test_range_warning_figures_and_guess():
     msg = conv.range_warning(ValueRange(60.0, 80.0, 70.0, 5.0))
     assert "values 333.1..353.1 K" in msg and msg.endswith("expect extrapolation")
     assert math.isnan(ValueRange.of(np.array([np.nan])).mean)
+
+
+@pytest.mark.parametrize("long_name, want", [("monthly mean temperature", "degC"),
+                                             ("wind direction", "degree")])
+def test_bare_degree_on_a_temperature_field_reads_as_celsius(tmp_path, long_name, want):
+    """MeteoSwiss labels its temperature grids 'degree' (an angle to UDUNITS)."""
+    from conftest import write_raster
+
+    from geosr.io.read import raster_info
+
+    path = write_raster(tmp_path / "t.tif", np.full((4, 4), 12.0, np.float32),
+                        band_tags=[{"units": "degree", "long_name": long_name}])
+    assert raster_info(str(path)).units == (want,)

@@ -283,6 +283,8 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
         units = tuple((u or t.get("UNIT") or t.get("units")
                        or t.get("GRIB_UNIT", "").strip("[] ") or "").strip()
                       for u, t in zip(src.units or ("",) * src.count, band_tags, strict=True))
+        units = tuple(_temperature_degree(u, t.get("long_name", "") or t.get("standard_name", ""),
+                                          path) for u, t in zip(units, band_tags, strict=True))
         dates = band_dates(src.tags(), band_tags)
         desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))
         long_names = tuple(t.get("long_name", "") for t in band_tags)
@@ -301,6 +303,22 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
             or _geosr_range(src.tags()),
             domain_shift=src.tags().get("GEOSR_DOMAIN_SHIFT", ""),
         )
+
+
+_BARE_DEGREE = ("degree", "degrees", "deg")
+
+
+def _temperature_degree(unit: str, long_name: str, path: str) -> str:
+    """``degC`` for a bare ``degree`` on a field whose long name says temperature.
+
+    MeteoSwiss's gridded analyses (TabsM, TmaxD...) label temperature ``degree``, which
+    UDUNITS reads as an angle; with a temperature long name it can only mean Celsius
+    (said once in the log). Anything else is left as it is.
+    """
+    if unit.strip().lower() in _BARE_DEGREE and "temperature" in long_name.lower():
+        log.info("%s: units 'degree' with long name %r read as degC", path, long_name)
+        return "degC"
+    return unit
 
 
 def _geosr_range(tags: dict) -> ValidRange | None:
