@@ -64,3 +64,15 @@ def real_data():
     if not REAL.is_dir():
         pytest.skip("../shared/data/real is not available")
     return REAL
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module: tiny tensors run faster on one thread, and
+    timings do not collapse when the machine is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,14 +30,7 @@ from geosr.nn import (
 TINY = dict(coarse_width=8, branch_width=4, up_width=8, fine_width=8, n_blocks=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors run faster on one thread, and timings do not collapse when the
-    # machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(f: int, n_aux: int, h: int = 2, w: int = 3, n: int = 2, seed: int = 0):

@@ -12,7 +12,8 @@ import rasterio
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_downscale import F, _run, _scene  # noqa: E402
+from conftest import write_raster  # noqa: E402
+from test_downscale import ORIGIN, F, _run, _scene  # noqa: E402
 
 from geosr.arrays import block_mean  # noqa: E402
 from geosr.cli.options import parse_layers  # noqa: E402
@@ -26,12 +27,7 @@ LC = AuxChannelSpec("lc", categorical=True, classes=(1.0, 2.0, 3.0))
 NORM = {"coarse": {"mean": 10.0, "std": 5.0}, "target": {"mean": 10.0, "std": 5.0}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scene_of_recovers_the_sharpening_slope_in_network_units():
@@ -198,9 +194,6 @@ def test_downscale_warns_and_tags_a_shifted_input(tmp_path, caplog):
     _run(sc, tmp_path / "in.tif", model=str(model), aux=aux)
     with rasterio.open(tmp_path / "in.tif") as src:
         assert src.tags()["GEOSR_DOMAIN_SHIFT"] == "none"
-    from conftest import write_raster
-    from test_downscale import ORIGIN
-
     hot = write_raster(tmp_path / "hot.tif", coarse + 10 * s, res=500.0 * F, origin=ORIGIN)
     caplog.set_level("WARNING")
     _run({"coarse": hot, "aux": sc["aux"]}, tmp_path / "out.tif", model=str(model), aux=aux)

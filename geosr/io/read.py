@@ -285,7 +285,8 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
                       for u, t in zip(src.units or ("",) * src.count, band_tags, strict=True))
         units = tuple(_temperature_degree(u, t.get("long_name", "") or t.get("standard_name", ""),
                                           path) for u, t in zip(units, band_tags, strict=True))
-        dates = band_dates(src.tags(), band_tags)
+        ds_tags = src.tags()
+        dates = band_dates(ds_tags, band_tags)
         desc = tuple((d or "") for d in (src.descriptions or ("",) * src.count))
         long_names = tuple(t.get("long_name", "") for t in band_tags)
         try:
@@ -300,8 +301,8 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
             long_names=long_names, variable=band_tags[0].get("NETCDF_VARNAME", ""),
             transform=t, packed=_is_packed(src),
             valid_range=from_cf(band_tags[0], scale=src.scales[0], offset=src.offsets[0])
-            or _geosr_range(src.tags()),
-            domain_shift=src.tags().get("GEOSR_DOMAIN_SHIFT", ""),
+            or _geosr_range(ds_tags),
+            domain_shift=ds_tags.get("GEOSR_DOMAIN_SHIFT", ""),
         )
 
 

@@ -113,7 +113,7 @@ def band_shifts(band: int, mean: float, std: float, gain: Sequence[float] | None
                 continue
             glo, ghi = gains[name]
             width = max(ghi - glo, 0.5 * max(abs(glo), abs(ghi)), 1e-6)
-            d = _outside(g * 1.0, glo, ghi) / width
+            d = _outside(g, glo, ghi) / width
             if d > GAIN_WIDTHS:
                 out.append(Shift(f"slope {name}", band, g, glo, ghi, d))
     return out

@@ -373,7 +373,7 @@ class Predictor:
                       for i in range(n)]
         if not self.scene:
             scenes = None
-        elif len(scenes) != n:
+        elif len(scenes) != n:  # encode_batch sees only slices of it
             raise InputError(f"scenes: expected one per sample ({n}), got {len(scenes)}")
         with torch.inference_mode():
             for k in range(0, n, step):

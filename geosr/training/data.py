@@ -399,12 +399,13 @@ def scene_ranges(scenes: dict, specs) -> dict:
     if not scenes:
         return {}
     vals = list(scenes.values())
-    names = [n for s in specs for n in s.channel_names]
 
     def span(xs):
         return [float(min(xs)), float(max(xs))]
 
+    # Channel i of a continuous layer is the layer itself; class channels get no slope.
+    channels = [(n, not s.categorical) for s in specs for n in s.channel_names]
     return {"n": len(vals), "mean": span([s.mean for s in vals]),
             "std": span([s.std for s in vals]),
-            "gain": {n: span([s.gain[i] for s in vals]) for i, n in enumerate(names)
-                     if not any(s.categorical and n in s.channel_names for s in specs)}}
+            "gain": {n: span([s.gain[i] for s in vals])
+                     for i, (n, continuous) in enumerate(channels) if continuous}}
