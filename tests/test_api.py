@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -108,3 +109,21 @@ def test_prepare_and_validate_take_dataarrays(scene, tmp_path):
                             aux={"dem": str(dem_path)})
     assert report.n_valid > 0 and report.metrics["rmse"] < 1.0
     assert "sharpen" in report.baselines
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nc"])
+def test_swiss_lv95_output_gives_no_cf_crs_warning(tmp_path, suffix):
+    # LV95 (oblique Mercator) loses its skew angle in CF grid-mapping attributes; pyproj
+    # warns while rioxarray writes them, but the full WKT travels, so a user sees nothing.
+    dem = terrain((4 * F, 5 * F), seed=3)
+    origin = (2_600_000, 1_200_000)
+    dem_path = write_raster(tmp_path / "dem.tif", dem, crs="EPSG:2056", res=1000,
+                            origin=origin)
+    coarse = (10 - 0.0065 * dem).reshape(4, F, 5, F).mean(axis=(1, 3)).astype(np.float32)
+    coarse_path = write_raster(tmp_path / "t.tif", coarse, crs="EPSG:2056", res=F * 1000,
+                               origin=origin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fine = geosr.downscale(str(coarse_path), aux=[str(dem_path)], res=1000,
+                               out=tmp_path / f"out{suffix}")
+    assert fine.rio.crs.to_epsg() == 2056

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,21 @@ def spooled() -> Iterator[Spool]:
         s.close()
 
 
+@contextlib.contextmanager
+def quiet_cf_crs() -> Iterator[None]:
+    """Silence pyproj's "... lost in conversion to CF" while rioxarray writes a CRS.
+
+    CF's grid-mapping attributes cannot hold every projection parameter (Swiss LV95's
+    oblique Mercator loses the skew angle), so pyproj warns; rioxarray also writes the
+    full WKT (``crs_wkt``/``spatial_ref``) beside them, which is what GDAL, rioxarray and
+    geosr read back, so nothing is lost for them and the warning is noise to a user.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lost in conversion to CF",
+                                category=UserWarning)
+        yield
+
+
 def open_output(path: str | os.PathLike, *, chunks: Any = True, load: bool = False):
     """A written output as a georeferenced DataArray.
 
@@ -201,7 +217,8 @@ def open_output(path: str | os.PathLike, *, chunks: Any = True, load: bool = Fal
             bh, bw = src.block_shapes[0]
         if chunks is True:  # the file's blocks, one band at a time
             chunks = {"band": 1, "y": bh, "x": bw}
-        da = rioxarray.open_rasterio(path, masked=True, chunks=chunks or None)
+        with quiet_cf_crs():
+            da = rioxarray.open_rasterio(path, masked=True, chunks=chunks or None)
         with rasterio.open(path) as src:
             dates = [src.tags(b).get("DATE_TIME", "") for b in src.indexes]
             units = src.units[0] or ""

@@ -47,6 +47,7 @@ from rasterio.windows import Window
 
 from geosr.errors import InputError, ProcessingError
 from geosr.io.atomic import atomic_dir, atomic_path, check_output_dir, check_output_file
+from geosr.io.dataarray import quiet_cf_crs
 from geosr.io.write import translate_to_cog
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,8 @@ def _layout(src: rasterio.io.DatasetReader, variable: str) -> _Layout:
     data = xr.DataArray(da.empty(shape, dtype=np.float32, chunks=shape), dims=(dim, "y", "x"),
                         coords=coords, attrs=attrs)
     ds = data.to_dataset(name=name)
-    ds = ds.rio.write_crs(src.crs.to_wkt()).rio.write_transform(t)
+    with quiet_cf_crs():
+        ds = ds.rio.write_crs(src.crs.to_wkt()).rio.write_transform(t)
     ds.attrs = _global_attrs(src.tags(), variable, src.res[0], unit)
     return _Layout(ds, name, (dim, "y", "x"), chunks, shape)
 
