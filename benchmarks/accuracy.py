@@ -29,8 +29,10 @@ day, the default of ``geosr downscale`` without a model, with conservation); for
 precipitation also ``bicubic 0:`` and ``sharpen 0:`` (clipped at zero with each cell's
 mean restored, what ``downscale`` does to rain by default); ``net``
 (scene-adaptive, conservation on, all aux), ``net-fixed`` (``--no-scene``: one fixed
-standardisation) and, where listed, ``net-noconserve`` (trained with
-``--no-conserve``), ``net-gan`` (``--gan``) and aux subsets (``net-aux:<names>``).
+standardisation), ``net-additive`` (rain: the additive residual and conservation instead
+of the non-negative softmax network, trained with ``l1`` and no augmentation) and, where
+listed, ``net-noconserve`` (trained with ``--no-conserve``), ``net-gan`` (``--gan``) and
+aux subsets (``net-aux:<names>``).
 
     python benchmarks/accuracy.py [--experiments ch16 uk-tasmax ...] [--minutes 3]
         [--epochs 80] [--work DIR] [--threads 2] [--json FILE]
@@ -66,7 +68,7 @@ from geosr.io.read import read_window
 from geosr.model.bundle import load_bundle
 from geosr.model.predictor import Predictor
 from geosr.sources import LayerSpec
-from geosr.training.config import TrainConfig
+from geosr.training.config import Loss, TrainConfig
 from geosr.training.loop import train
 
 CH_AUX = (LayerSpec("dem", str(CH / "aux" / "swissAltitude_geostatsp.tif")),
@@ -135,6 +137,9 @@ def build(key: str, work: Path) -> Experiment:
                    res_m=1000.0, factor=8)
         variants = {"net": {}, "net-fixed": {"scene": False},
                     "net-noconserve": {"conserve": False}}
+        if var == "rainfall":  # the default is the non-negative network; the additive one
+            variants = {"net": {}, "net-additive": {"arch": (("positive", False),),
+                                                    "loss": Loss.l1, "augment": False}}
         if var == "tasmax":
             variants |= {"net-gan": {"gan": True}, "net-aux:dem": {"aux": ("dem",)},
                          "net-aux:none": {"aux": ()}}

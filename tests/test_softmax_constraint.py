@@ -176,6 +176,7 @@ def test_rain_trains_the_non_negative_network_by_default(tmp_path):
     bundle = load_bundle(res.out)
     assert bundle.config.positive and not bundle.config.scene
     assert bundle.norm["coarse"]["mean"] == 0.0 and bundle.norm["target"]["mean"] == 0.0
+    assert bundle.training["loss"] == "l1+grad" and bundle.training["augment"] is True
     coarse = days.reshape(3, size // f, f, size // f, f).mean(axis=(2, 4))
     pred = Predictor(bundle, device="cpu").predict(coarse, dem[None, None].repeat(3, 0))
     assert np.nanmin(pred) >= 0

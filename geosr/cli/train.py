@@ -135,7 +135,8 @@ def train_cmd(
     val_block: float = typer.Option(None, "--val-block", metavar="F",
                                     help="Hold out the eastern fraction F of the area, all "
                                          "samples (default 0.25 with a single sample)."),
-    loss: Loss = typer.Option(Loss.l1.value, "--loss", help="Reconstruction loss."),
+    loss: Loss = typer.Option(None, "--loss", help="Reconstruction loss (default: l1+grad for "
+                              "a non-negative field such as rain, else l1)."),
     gan: bool = typer.Option(False, "--gan", help="Adversarial training with a patch "
                              "discriminator."),
     gan_weight: float = typer.Option(5.0, "--gan-weight",
@@ -158,8 +159,9 @@ def train_cmd(
     steps_per_epoch: int = typer.Option(None, "--steps-per-epoch",
                                         help="Steps per epoch (default: about one pass over "
                                              "the training cells, at least 8)."),
-    augment: bool = typer.Option(False, "--augment",
-                                 help="Random flips/rotations of patches (isotropic fields)."),
+    augment: bool = typer.Option(None, "--augment/--no-augment",
+                                 help="Random flips/rotations of patches (isotropic fields; "
+                                      "default: on for a non-negative field such as rain)."),
     scene: bool = typer.Option(None, "--scene/--no-scene",
                                help="Scene-adaptive network: standardise each date with its own "
                                     "mean and spread and start from its own sharpening fit, so "

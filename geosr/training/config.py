@@ -71,7 +71,8 @@ class TrainConfig:
         val_samples: sample ids held out for validation.
         val_fraction: hold out this fraction of samples (latest dates).
         val_block: hold out this fraction of the valid area as an eastern block.
-        loss: reconstruction loss.
+        loss: reconstruction loss; None: ``l1+grad`` for a non-negative (rain) network,
+            whose showers' edges it keeps sharper (measured, README), else ``l1``.
         grad_weight: weight of the gradient term of ``l1+grad``.
         gan: adversarial training with a patch discriminator.
         gan_recon_weight: weight of the reconstruction loss in the generator loss.
@@ -88,7 +89,8 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup: fraction of the steps with a linear warm-up.
         steps_per_epoch: None = about one pass over the training cells.
-        augment: random flips/rotations of patches (for isotropic fields only).
+        augment: random flips/rotations of patches (for isotropic fields only); None: on
+            for a non-negative (rain) network, off otherwise.
         scene: a scene-adaptive network (:mod:`geosr.model.scene`): each sample is
             standardised with its own band's coarse mean and std and given that band's
             sharpening slopes, so the model carries over to other periods, variables
@@ -114,7 +116,7 @@ class TrainConfig:
     val_samples: tuple[str, ...] = ()
     val_fraction: float | None = None
     val_block: float | None = None
-    loss: Loss = Loss.l1
+    loss: Loss | None = None
     grad_weight: float = 1.0
     gan: bool = False
     gan_recon_weight: float = 5.0
@@ -129,7 +131,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.05
     steps_per_epoch: int | None = None
-    augment: bool = False
+    augment: bool | None = None
     scene: bool | None = None
     arch: tuple[tuple[str, Any], ...] = ()
     cache_mb: float = 256.0
