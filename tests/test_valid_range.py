@@ -385,8 +385,10 @@ def test_real_daily_rain_non_negative_and_conserved(real_data, tmp_path, case):
     model = _tiny_rain_bundle(tmp_path / "rain.geosr", factor=f, res_m=1000.0,
                               units="mm day-1" if f == 12 else "mm")
     aux = (parse_layers([f"dem={dem}"]))
+    positive = _tiny_rain_bundle(tmp_path / "rain+.geosr", factor=f, res_m=1000.0,
+                                 units="mm day-1" if f == 12 else "mm", positive=True)
     runs = {"sharpen": {}, "bicubic": {"method": Method.bicubic, "conserve": True},
-            "net": {"model": str(model)}}
+            "net": {"model": str(model)}, "net-positive": {"model": str(positive)}}
     for name, kw in runs.items():
         out = tmp_path / f"{name}.tif"
         downscale(DownscaleConfig(coarse=(str(coarse),), aux=aux, out=out, res_m=1000.0,
@@ -398,3 +400,34 @@ def test_real_daily_rain_non_negative_and_conserved(real_data, tmp_path, case):
         assert np.nanmin(arr) >= 0, name
         cells, err = _full_cells_conserved(out, coarse, f)
         assert cells > 20 and err <= 1e-3, (name, cells, err)
+
+
+@pytest.mark.realdata
+def test_real_percent_field_stays_in_0_100_and_conserves(real_data, tmp_path):
+    """MeteoSwiss relative sunshine duration (SrelM, %) averaged to 16 km on its own
+    origin, sharpened on the DEM with ``--valid-range 0:100``: every pixel in [0, 100],
+    every full cell's mean equal to the input."""
+    src_path = next((real_data / "meteoswiss-ch-1km" / "geotiff").glob("SrelM_*.tif"))
+    f = 16
+    with rasterio.open(src_path) as src:
+        a, t, profile = src.read(1).astype(np.float64), src.transform, src.profile
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    blocks = a[:h, :w].reshape(h // f, f, w // f, f)
+    full = np.isfinite(blocks).all(axis=(1, 3))
+    coarse = np.where(full, np.nan_to_num(blocks).mean(axis=(1, 3)), np.nan)
+    coarse[full.nonzero()[0][:1], full.nonzero()[1][:1]] = 100.0  # a cell at the bound
+    profile.update(width=w // f, height=h // f, dtype="float32", nodata=float("nan"),
+                   transform=rasterio.Affine(t.a * f, 0, t.c, 0, t.e * f, t.f))
+    cpath = tmp_path / "srel_16km.tif"
+    with rasterio.open(cpath, "w", **profile) as dst:
+        dst.write(coarse.astype(np.float32)[None])
+    dem = real_data / "meteoswiss-ch-1km" / "aux" / "swissAltitude_geostatsp.tif"
+    out = tmp_path / "srel_1km.tif"
+    downscale(DownscaleConfig(coarse=(str(cpath),), aux=parse_layers([f"dem={dem}"]), out=out,
+                              res_m=1000.0, tile_px=8 * f, valid_range=ValidRange(0.0, 100.0)))
+    with rasterio.open(out) as dst:
+        arr = dst.read()
+        assert dst.tags()["GEOSR_VALID_RANGE"] == "0:100"
+    assert np.nanmin(arr) >= 0 and np.nanmax(arr) <= 100
+    cells, err = _full_cells_conserved(out, cpath, f)
+    assert cells > 100 and err <= 1e-5, (cells, err)
