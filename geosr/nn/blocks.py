@@ -31,13 +31,37 @@ class MaxPool3(nn.Module):
     """3x3 max-pool, stride 1, replicate padding: ``(N, C, H, W) -> (N, C, H, W)``.
 
     Computed as maxima of shifted views, separably: on CPU this is ~4x faster than
-    ``F.max_pool2d`` at stride 1, and the pool is a large share of fine-scale cost.
+    ``F.max_pool2d`` at stride 1 (which also writes the indices of the maxima), and
+    the pool is a large share of fine-scale cost. A channels-last tensor without
+    autograd (inference) takes a path 1.3x faster still, without the padded copy.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
+            y = x.permute(0, 2, 3, 1)  # NHWC, contiguous
+            return _max3(_max3(y, 2), 1).permute(0, 3, 1, 2)
         xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
         h = torch.maximum(torch.maximum(xp[..., :-2], xp[..., 1:-1]), xp[..., 2:])
         return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
+
+
+def _max3(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """Maximum over each element and its two neighbours along ``dim``, edges replicated.
+
+    A replicated edge value is already in its window, so the edge outputs are maxima
+    of the two in-bounds values.
+    """
+    n = y.shape[dim]
+    if n == 1:
+        return y
+    pair = torch.maximum(y.narrow(dim, 0, n - 1), y.narrow(dim, 1, n - 1))  # max(y[i], y[i+1])
+    out = torch.empty_like(y)
+    if n > 2:
+        torch.maximum(pair.narrow(dim, 0, n - 2), pair.narrow(dim, 1, n - 2),
+                      out=out.narrow(dim, 1, n - 2))
+    out.narrow(dim, 0, 1).copy_(pair.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).copy_(pair.narrow(dim, n - 2, 1))
+    return out
 
 
 class Inception(nn.Module):
