@@ -103,8 +103,40 @@ class Inception(nn.Module):
         self.residual = in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(torch.cat([self.p1(x), self.p3(x), self.p5(x), self.pp(x)], dim=1))
+        if not x.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
+            y = self._paths_nhwc(x)
+        else:
+            y = torch.cat([self.p1(x), self.p3(x), self.p5(x), self.pp(x)], dim=1)
+        y = self.norm(y)
         return x + y if self.residual else y
+
+    def _paths_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """The four paths on a channels-last tensor, without autograd (inference).
+
+        Why: the three 1x1 convs on ``x`` become one matrix product over the pixels
+        (``x`` read once), and the 1x1 convs run as matrix products on the NHWC rows,
+        which on one CPU thread is ~3x faster than PyTorch's 1x1 convolution. The same
+        sums, so the same result to float rounding.
+        """
+        n, c, h, w = x.shape
+        first = (self.p1[0], self.p3[0], self.p5[0])
+        q = first[0].out_channels
+        weight = torch.cat([m.weight for m in first]).view(3 * q, c)
+        z = _pointwise(x, weight, torch.cat([m.bias for m in first]))
+        y3 = self.p3[3](self.p3[2](z[:, q:2 * q].contiguous(memory_format=torch.channels_last)))
+        y5 = self.p5[3](self.p5[2](z[:, 2 * q:].contiguous(memory_format=torch.channels_last)))
+        pool = self.pp[1]
+        yp = _pointwise(self.pp[0](x), pool.weight.view(q, c), pool.bias)
+        return torch.cat([z[:, :q], y3, y5, yp], dim=1)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU of a 1x1 conv of a channels-last ``x`` (``weight`` (out, in)), as a
+    matrix product on its NHWC rows; channels-last ``(N, out, H, W)``."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: x is channels-last
+    z = F.leaky_relu_(torch.addmm(bias, rows, weight.t()), LEAKY_SLOPE)
+    return z.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def inception_stack(in_ch: int, out_ch: int, n: int, *, norm: str) -> nn.Sequential:

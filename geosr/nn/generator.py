@@ -238,7 +238,9 @@ class Generator(nn.Module):
                 or coarse.shape[1] != cfg.n_coarse:
             raise ValueError(f"coarse: expected shape (N, {cfg.n_coarse}, h, w), "
                              f"got {_shape(coarse)}")
-        t = self.trunk(self.stem(_channels_last(coarse)))
+        # channels-last after the stem: with one input channel the layout is ambiguous
+        # and the stem's 1x1 conv would return NCHW for the whole encoder
+        t = self.trunk(_channels_last(self.stem(coarse)))
         if cfg.n_aux:
             want = (coarse.shape[0], cfg.n_aux, *coarse.shape[2:])
             if not isinstance(aux_coarse, torch.Tensor) or tuple(aux_coarse.shape) != want:
