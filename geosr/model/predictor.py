@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 MAX_PREDICT_PX = 2_000_000
 """Fine pixels per forward pass in :meth:`Predictor.predict` (bounds activation memory)."""
 
-STRIP_PX = 128
+STRIP_PX = 1024
 """Fine rows per strip of the network's fine stage (``strip_px`` of
-:meth:`~geosr.nn.generator.Generator.decode`). Measured on a 2-core CPU with 576 px tiles:
-64-256 rows are equally fast, 1.7x faster than the whole tile; fewer rows spend too
-much on the strips' context."""
+:meth:`~geosr.nn.generator.Generator.decode`): it bounds activation memory for large
+tiles. The default tiles (576 rows with their context) run whole: with the heap kept
+(:func:`geosr.inference.heap.retained_heap`), strips of 128-256 rows were 1.1-1.2x
+slower on a 2-core CPU (their context rows are computed twice)."""
 
 
 def encode_coarse(coarse: torch.Tensor, norm: dict) -> torch.Tensor:
