@@ -129,8 +129,9 @@ def test_retained_heap_sets_and_restores_glibc_thresholds(monkeypatch):
     monkeypatch.setattr(heap, "_mallopt", lambda: lambda k, v: calls.append((k, v)) or 1)
     with heap.retained_heap():
         assert calls == [(heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_MAX),
-                         (heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD)]
-    assert calls[2:] == [(heap.M_MMAP_THRESHOLD, heap.DEFAULT_THRESHOLD),
+                         (heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD),
+                         (heap.M_ARENA_MAX, 1)]
+    assert calls[3:] == [(heap.M_MMAP_THRESHOLD, heap.DEFAULT_THRESHOLD),
                          (heap.M_TRIM_THRESHOLD, heap.DEFAULT_THRESHOLD)]
     calls.clear()
     with heap.retained_heap(False):

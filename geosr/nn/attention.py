@@ -56,7 +56,7 @@ class ChannelAttention(nn.Module):
         if self.window:
             r = self.window // 2
             xp = F.pad(x, (r, r, r, r), mode="replicate")
-            if x.requires_grad:
+            if torch.is_grad_enabled():
                 mx = F.max_pool2d(xp, self.window, stride=1)
                 avg = F.avg_pool2d(xp, self.window, stride=1)
             else:  # inference: separably, 3x faster (the same maximum; the mean to rounding)
