@@ -139,26 +139,23 @@ class Inception(nn.Module):
         q = first[0].out_channels
         out = x.new_empty((n, h, w, 4 * q))  # NHWC: the paths write their channels here
         weight = torch.cat([m.weight for m in first]).view(3 * q, c)
-        _pointwise(x, weight, torch.cat([m.bias for m in first]), out=out[..., :3 * q])
-        for path, lo in ((self.p3, q), (self.p5, 2 * q)):  # overwrite their 1x1 inputs
-            y = out[..., lo:lo + q].permute(0, 3, 1, 2).contiguous(
-                memory_format=torch.channels_last)
-            out[..., lo:lo + q].copy_(path[3](path[2](y)).permute(0, 2, 3, 1))
+        _rows_matmul(x, weight, torch.cat([m.bias for m in first]), out=out[..., :3 * q])
+        for path, lo in ((self.p3, q), (self.p5, 2 * q)):  # overwrite their 1x1 outputs
+            y = F.leaky_relu(out[..., lo:lo + q], LEAKY_SLOPE).permute(0, 3, 1, 2)
+            out[..., lo:lo + q].copy_(path[2](y).permute(0, 2, 3, 1))
         pool = self.pp[1]
-        _pointwise(self.pp[0](x), pool.weight.view(q, c), pool.bias, out=out[..., 3 * q:])
-        return out.permute(0, 3, 1, 2)
+        _rows_matmul(self.pp[0](x), pool.weight.view(q, c), pool.bias, out=out[..., 3 * q:])
+        # every path's last LeakyReLU, in one pass over the contiguous output
+        return F.leaky_relu_(out, LEAKY_SLOPE).permute(0, 3, 1, 2)
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
-               out: torch.Tensor) -> None:
-    """LeakyReLU of a 1x1 conv of a channels-last ``x`` (``weight`` (out, in)), as a
-    matrix product on its NHWC rows, into ``out`` ``(N, H, W, out)`` (a channel slice
-    of an NHWC tensor)."""
+def _rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                 out: torch.Tensor) -> None:
+    """A 1x1 conv of a channels-last ``x`` (``weight`` (out, in)) as a matrix product on
+    its NHWC rows, into ``out`` ``(N, H, W, out)`` (a channel slice of an NHWC tensor)."""
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: x is channels-last
-    dst = out.view(n * h * w, -1)
-    torch.addmm(bias, rows, weight.t(), out=dst)
-    F.leaky_relu_(dst, LEAKY_SLOPE)
+    torch.addmm(bias, rows, weight.t(), out=out.view(n * h * w, -1))
 
 
 def inception_stack(in_ch: int, out_ch: int, n: int, *, norm: str) -> nn.Sequential:
