@@ -158,3 +158,12 @@ def test_shipped_model_predicts_the_same_on_strips():
     strips = Predictor(bundle, strip_px=24).predict(coarse, aux, margin=(3, 2, 3, 2))
     assert strips.shape == whole.shape == (1, 96, 96)
     assert float(abs(strips - whole).max() / whole.std()) <= TOL
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 9, 13])
+def test_window_max_matches_max_pool(k):
+    from geosr.nn.attention import _window_max
+
+    x = torch.randn(2, 5, 20, 17, generator=torch.Generator().manual_seed(k))
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_window_max(_window_max(x, k, 2), k, 3), F.max_pool2d(x, k, stride=1))
