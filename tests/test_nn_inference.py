@@ -96,7 +96,7 @@ def test_inference_paths_match_the_autograd_path(cfg):
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 1, 1), (2, 7, 1, 9), (2, 7, 9, 1), (1, 3, 2, 2),
-                                   (1, 24, 13, 17)])
+                                   (1, 24, 13, 17), (1, 3, 33, 5), (2, 4, 65, 7)])
 def test_max_pool_channels_last_matches_replicate_padding(shape):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     ref = F.max_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)

@@ -56,8 +56,12 @@ def _max_pool3_nhwc(y: torch.Tensor) -> torch.Tensor:
     for r0 in range(0, rows, POOL_ROWS):
         r1 = min(rows, r0 + POOL_ROWS)
         lo, hi = max(0, r0 - 1), min(rows, r1 + 1)  # one row of context (or the true edge)
-        block = _max3(_max3(y[:, lo:hi], 2), 1)
-        out[:, r0:r1].copy_(block[:, r0 - lo:r1 - lo])
+        h = _max3(y[:, lo:hi], 2)  # along the row; then across rows r0..r1 of h
+        k, mid = r1 - r0, r0 - lo
+        above = h[:, mid - 1:mid - 1 + k] if mid else torch.cat([h[:, :1], h[:, :k - 1]], 1)
+        below = (h[:, mid + 1:mid + 1 + k] if hi > r1
+                 else torch.cat([h[:, mid + 1:], h[:, -1:]], 1))
+        torch.maximum(torch.maximum(above, h[:, mid:mid + k]), below, out=out[:, r0:r1])
     return out
 
 
