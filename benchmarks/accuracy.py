@@ -4,7 +4,8 @@ Every experiment prepares its data with :func:`geosr.prepare` (into ``--work``),
 trains networks with :func:`geosr.train` (the engine of ``geosr train``; options as
 the CLI's) and scores every method on the same held-out pixels: RMSE, MAE, Pearson r,
 SSIM and the conservation error (RMSE of the output's coarse-cell means against the
-coarse input).
+coarse input); for precipitation also the wet-day frequency bias (wet: >= 1 mm), the
+bias of the 99th percentile and the fraction of pixels below zero.
 
 Experiments (``../shared/data/real``; ``--experiments`` picks some):
 
@@ -24,7 +25,9 @@ Experiments (``../shared/data/real``; ``--experiments`` picks some):
   output to ERA5's cell means, so it is not expected to help.
 
 Methods: ``bicubic``; ``sharpen`` (regression sharpening on the DEM fitted per scene and
-day, the default of ``geosr downscale`` without a model, with conservation); ``net``
+day, the default of ``geosr downscale`` without a model, with conservation); for
+precipitation also ``bicubic 0:`` and ``sharpen 0:`` (clipped at zero with each cell's
+mean restored, what ``downscale`` does to rain by default); ``net``
 (scene-adaptive, conservation on, all aux), ``net-fixed`` (``--no-scene``: one fixed
 standardisation) and, where listed, ``net-noconserve`` (trained with
 ``--no-conserve``), ``net-gan`` (``--gan``) and aux subsets (``net-aux:<names>``).
@@ -55,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import CH, UK, era5_daily, meteoswiss  # noqa: E402
 
 from geosr.baselines import sharpen, upsample  # noqa: E402
+from geosr.constraints import bounded_conserve
 from geosr.dataset.manifest import read_manifest
 from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.evaluate import metrics  # noqa: E402
@@ -176,6 +180,10 @@ def evaluate(exp: Experiment, models: dict[str, Path]) -> dict[str, dict]:
     aux = {layer.name: read_window(m.path_of(layer), _full(m.fine_grid))[0] for layer in m.aux}
     preds = {"bicubic": upsample(coarse, f, "bicubic"),
              "sharpen": np.stack([sharpen(c, aux["dem"][None], f) for c in coarse])}
+    if exp.units == "mm":  # what `downscale` gives rain by default: valid range 0:
+        for name in ("bicubic", "sharpen"):
+            preds[f"{name} 0:"] = bounded_conserve(preds[name].astype(np.float32),
+                                                   coarse, f, lo=0.0)
     for name, path in models.items():
         predictor = Predictor(load_bundle(path), device="cpu")
         stack = np.stack([aux[a] for a in predictor.aux_names]) if predictor.aux_names else None
@@ -195,6 +203,10 @@ def evaluate(exp: Experiment, models: dict[str, Path]) -> dict[str, dict]:
                      "pearson_r": metrics.pearson_r(pm, t), "ssim": metrics.ssim(pm, t),
                      "conservation_rmse": metrics.conservation_rmse(p, coarse, f),
                      "pixels": int(ok.sum())}
+        if exp.units == "mm":  # precipitation: wet days, heavy rain, never below zero
+            out[name] |= {"wet_day_freq_bias": metrics.wet_day_freq_bias(pm, t),
+                          "p99_bias": metrics.p99_bias(pm, t),
+                          "frac_negative": metrics.frac_outside_range(pm, 0.0)}
     return out
 
 
@@ -208,6 +220,10 @@ def table(exp: Experiment, scores: dict, facts: dict) -> str:
         tr = facts.get(name, {}).get("train_seconds", "")
         lines.append(f"{name:<18}{s['rmse']:8.3f}{s['mae']:8.3f}{s['pearson_r']:8.3f}"
                      f"{s['ssim']:8.3f}{s['conservation_rmse']:9.4f}{ratio:11.2f}x{tr!s:>9}")
+    if "p99_bias" in scores["sharpen"]:
+        lines.append(f"{'method':<18}{'wet-day freq. bias':>20}{'p99 bias':>10}{'< 0':>9}")
+        lines += [f"{name:<18}{s['wet_day_freq_bias']:20.4f}{s['p99_bias']:10.3f}"
+                  f"{s['frac_negative']:9.2%}" for name, s in scores.items()]
     return "\n".join(lines)
 
 

@@ -45,6 +45,8 @@ CONFIGS = [
          n_blocks=1, spread=True),
     dict(factor=6, n_aux=1, fine_blocks=1, coarse_width=8, branch_width=4, up_width=8,
          fine_width=8, n_blocks=1, conserve=False),
+    dict(factor=8, n_aux=1, fine_blocks=1, coarse_width=8, branch_width=4, up_width=8,
+         fine_width=8, n_blocks=1, positive=True),  # the non-negative (softmax) network
 ]
 
 

@@ -78,36 +78,39 @@ def _assert_conserved(out: np.ndarray, coarse: np.ndarray, rel: float = REL) -> 
 
 
 def _tiny_rain_bundle(path: Path, *, factor: int = F, res_m: float = 500.0,
-                      units: str = "mm day-1") -> Path:
+                      units: str = "mm day-1", positive: bool = False) -> Path:
     """An untrained tiny Generator for rain, its aux gain set so that it puts a DEM-driven
-    pattern of a few mm/day on every cell (negative in dry valleys)."""
+    pattern of a few mm/day on every cell (negative in dry valleys); ``positive``: the
+    softmax-constrained network (scaled, not shifted), a strong multiplicative pattern."""
     nn = pytest.importorskip("geosr.nn")
     gb = pytest.importorskip("geosr.model.bundle")
     import torch
 
     torch.manual_seed(0)
     cfg = nn.NetConfig(factor=factor, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
-                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True)
+                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True,
+                       positive=positive)
     gen = nn.Generator(cfg).eval()
     with torch.no_grad():
         gen.gain.weight.normal_(0.0, 0.5)
         gen.gain.bias.fill_(1.0)
     gb.save_bundle(path, config=cfg, aux=(gb.AuxChannelSpec("dem", mean=800.0, std=400.0),),
                    factor=factor, res_m=res_m, variable="pr", units=units,
-                   norm={"coarse": {"mean": 3.0, "std": 3.0},
-                         "target": {"mean": 3.0, "std": 3.0}},
+                   norm={"coarse": {"mean": 0.0 if positive else 3.0, "std": 3.0},
+                         "target": {"mean": 0.0 if positive else 3.0, "std": 3.0}},
                    state_dict=gen.state_dict())
     return path
 
 
 METHODS = [("sharpen", {}), ("bicubic", {"method": Method.bicubic, "conserve": True}),
-           ("net", {})]
+           ("net", {}), ("net-positive", {})]
 
 
 def _kw(tmp_path, name):
     kw = dict(dict(METHODS)[name])
-    if name == "net":
-        kw["model"] = str(_tiny_rain_bundle(tmp_path / "rain.geosr"))
+    if name.startswith("net"):
+        kw["model"] = str(_tiny_rain_bundle(tmp_path / "rain.geosr",
+                                            positive=name == "net-positive"))
     return kw
 
 
@@ -124,7 +127,7 @@ def test_non_negative_and_conserved_across_tiles_and_nodata(rain, tmp_path, name
     # the same on one tile: the range does not depend on the tiling
     whole, _, _ = _run(rain, tmp_path / "w.tif", tile_px=512, **kw)
     assert np.array_equal(np.isnan(out), np.isnan(whole))
-    tol = 1e-3 * np.nanstd(whole) if name == "net" else 1e-5 * np.nanmax(whole)
+    tol = 1e-3 * np.nanstd(whole) if name.startswith("net") else 1e-5 * np.nanmax(whole)
     assert np.nanmax(np.abs(out - whole)) < tol
 
 

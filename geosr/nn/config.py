@@ -66,6 +66,15 @@ class NetConfig:
             (``scene_gain`` of :meth:`Generator.forward`), which are added to the learned
             gains (:mod:`geosr.model.scene`). Off: fixed training statistics (bundles
             written before the option existed).
+        positive: a non-negative field (precipitation): the head's output is added to
+            the logarithm of the bicubic interpolation of coarse channel 0 (and the aux
+            gains act on that logarithm, a multiplicative sharpening), and the softmax
+            constraint layer (:func:`~geosr.nn.conservation.conserve_softmax`) turns it
+            into a field that is ``>= 0`` everywhere and averages exactly to the coarse
+            cell. Without ``conserve``, the output is the bicubic base times the exponential
+            of those terms: non-negative, not conserved. The caller must scale without
+            shifting (zero stays zero). Off: the additive residual and conservation (bundles written
+            before the option existed).
         norm: ``"none"`` (default), ``"batch"`` or ``"group"``. ``"none"`` keeps the
             network a local operator so tiled prediction is seamless; BatchNorm in train
             mode depends on batch statistics and is fragile with small batches;
@@ -89,6 +98,7 @@ class NetConfig:
     aux_gain: bool = True
     spread: bool = False
     scene: bool = False
+    positive: bool = False
 
     def __post_init__(self) -> None:
         _check_int("factor", self.factor, MIN_FACTOR, MAX_FACTOR)
@@ -98,7 +108,8 @@ class NetConfig:
             _check_int(name, getattr(self, name), 4, MAX_WIDTH, multiple=4)
         _check_int("n_blocks", self.n_blocks, 1, MAX_BLOCKS)
         _check_int("fine_blocks", self.fine_blocks, 1, MAX_BLOCKS)
-        for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread", "scene"):
+        for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread", "scene",
+                     "positive"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("cam_window", self.cam_window, 0, 63)
@@ -106,6 +117,9 @@ class NetConfig:
             raise ValueError(f"cam_window: expected 0 (global) or an odd size, "
                              f"got {self.cam_window!r}")
         check_norm(self.norm)
+        if self.positive and self.scene:
+            raise ValueError("positive: a non-negative model is not scene-adaptive "
+                             "(scene standardisation shifts zero); expected scene false")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetConfig:

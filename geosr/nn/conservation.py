@@ -109,3 +109,86 @@ class Conservation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
+
+
+# A floor under the base before its logarithm, in the network's units (the field
+# divided by its training std): ~1e-2 std is far below any amount that matters, and
+# keeps log() finite where the interpolation is dry.
+LOG_FLOOR = 1e-2
+
+
+def conserve_softmax(logits: torch.Tensor, coarse: torch.Tensor, factor: int,
+                     valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-negative fine field whose ``factor x factor`` blocks average to ``coarse``.
+
+    The softmax constraint layer of Harder et al. (JMLR 2023): within each block,
+    ``fine = n * coarse * softmax(logits)`` over the block's ``n`` valid pixels, so every
+    pixel is ``>= 0`` when ``coarse >= 0`` and the block mean is ``coarse`` by
+    construction; dry cells stay dry. Why not the additive :func:`conserve` for
+    precipitation: an additive shift makes negative rain beside a shower; clipping it
+    afterwards breaks the mean.
+
+    Args:
+        logits: ``(N, C, H, W)`` unnormalised log-weights (``H = h * factor``...).
+        coarse: ``(N, C, h, w)`` block means; negative values are taken as 0.
+        factor: block size in fine pixels.
+        valid_mask: optional ``(N, 1, H, W)`` (or ``(N, C, H, W)``) valid fine cells: the
+            weights and the count ``n`` cover valid cells only; invalid cells get the
+            block's coarse value.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype; a block without any valid cell holds the coarse
+        value; a non-finite coarse value is taken as 0. Differentiable.
+
+    Raises:
+        ValueError: on inconsistent shapes or a non-positive ``factor``.
+    """
+    _check(logits, coarse, factor, valid_mask)
+    n, c, hf, wf = logits.shape
+    h, w = hf // factor, wf // factor
+    blocks = logits.reshape(n, c, h, factor, w, factor)
+    if valid_mask is None:
+        m = None
+        count = torch.full((n, c, h, 1, w, 1), float(factor * factor), dtype=logits.dtype,
+                           device=logits.device)
+    else:
+        m = (valid_mask.expand_as(logits) > 0).reshape(n, c, h, factor, w, factor)
+        blocks = torch.where(m, blocks, torch.full_like(blocks, -torch.inf))
+        count = m.sum(dim=(3, 5), keepdim=True).to(logits.dtype)
+    # softmax over the block's two pixel axes at once; an all-invalid block has no
+    # finite maximum and gets zero weights, replaced by its coarse value below
+    top = blocks.amax(dim=(3, 5), keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = torch.exp(blocks - top)
+    weight = e / e.sum(dim=(3, 5), keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    target = torch.nan_to_num(coarse.clamp_min(0.0), nan=0.0, posinf=0.0)
+    target = target[:, :, :, None, :, None]
+    keep = (count > 0) if m is None else (m & (count > 0))
+    fine = torch.where(keep, weight * count * target, target.expand_as(weight))
+    return fine.reshape(n, c, hf, wf)
+
+
+class SoftmaxConservation(nn.Module):
+    """Module form of :func:`conserve_softmax` for a fixed ``factor``."""
+
+    def __init__(self, factor: int) -> None:
+        """Build the layer.
+
+        Args:
+            factor: block size in fine pixels (positive integer).
+
+        Raises:
+            ValueError: if ``factor`` is not a positive integer.
+        """
+        super().__init__()
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise ValueError(f"factor: expected a positive integer, got {factor!r}")
+        self.factor = factor
+
+    def forward(self, logits: torch.Tensor, coarse: torch.Tensor,
+                valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """See :func:`conserve_softmax`."""
+        return conserve_softmax(logits, coarse, self.factor, valid_mask)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"

@@ -21,6 +21,12 @@ Layout (``f`` = factor, ``h x w`` coarse cells, ``H x W = hf x wf`` fine pixels)
    regression sharpening whose coefficients vary in space (zero at initialisation).
 7. Optional hard conservation (``cfg.conserve``): every ``f x f`` block averages to
    coarse channel 0 (:func:`~geosr.nn.conservation.conserve`).
+   With ``cfg.positive`` (a non-negative field such as rain), steps 6-7 are
+   multiplicative instead: the head's output and the gain terms are added to the
+   logarithm of the bicubic interpolation of coarse channel 0, and the softmax
+   constraint layer (:func:`~geosr.nn.conservation.conserve_softmax`) shares each coarse
+   value among its block's pixels by those log-weights: never negative, exactly
+   conserved, dry cells dry, and at initialisation the (conserved) bicubic field.
 8. With ``cfg.spread`` (a probabilistic model), a second head on the same fine features
    gives the per-pixel spread (:class:`~geosr.nn.spread.SpreadHead`), returned as
    channel 1 beside the conserved best estimate.
@@ -46,7 +52,7 @@ from torch import nn
 from geosr.nn.attention import ChannelAttention, SpatialAttention
 from geosr.nn.blocks import Inception, act, conv, inception_stack
 from geosr.nn.config import NetConfig
-from geosr.nn.conservation import Conservation
+from geosr.nn.conservation import LOG_FLOOR, Conservation, SoftmaxConservation
 from geosr.nn.norm import make_norm
 from geosr.nn.params import count_parameters
 from geosr.nn.spread import SpreadHead
@@ -122,7 +128,10 @@ class Generator(nn.Module):
         # How much of each scene slope to use, learned (1 at initialisation): where the
         # scene's regression does not help (daily rain on a DEM) the network turns it down.
         self.scene_weight = nn.Parameter(torch.ones(na)) if cfg.scene and na else None
-        self.conservation = Conservation(cfg.factor) if cfg.conserve else None
+        self.conservation = None
+        if cfg.conserve:
+            self.conservation = (SoftmaxConservation(cfg.factor) if cfg.positive
+                                 else Conservation(cfg.factor))
         log.debug("Generator: factor %d in stages %s, %d parameters, halo %s px",
                   cfg.factor, self.stages, count_parameters(self), self.halo_px)
 
@@ -175,7 +184,8 @@ class Generator(nn.Module):
             return None
         f = self.cfg.factor
         cells, aux_px = self._decode_radius()
-        px = max((cells + 1) * f, aux_px, 2 * f)  # 2f: bilinear residual base
+        # the residual base: bilinear reads +-1 coarse cell, bicubic +-2
+        px = max((cells + 1) * f, aux_px, (3 if self.cfg.positive else 2) * f)
         return px + (f if self.cfg.conserve else 0)
 
     @property
@@ -266,9 +276,9 @@ class Generator(nn.Module):
                 ones (a scene-adaptive model, :mod:`geosr.model.scene`).
             strip_px: run the fine stage (step 5, most of the cost) on row strips of
                 about this many fine pixels, each with :attr:`strip_halo_px` rows of
-                context; the result is the same to float rounding. Why: on a CPU a
-                strip's activations stay in cache, which makes inference about 1.7x
-                faster. ``None``: the whole input at once (training).
+                context; the result is the same to float rounding. Why: a strip's
+                activations, not the whole input's, are in memory at once (inference on
+                large tiles). ``None``: the whole input at once.
 
         Returns:
             ``(N, 1, hf, wf)``; ``(N, 2, hf, wf)`` (best estimate, spread) with
@@ -295,17 +305,23 @@ class Generator(nn.Module):
         for up, mid in zip(self.ups, self.mids, strict=True):
             t = mid(up(t))
         feat, res = self._fine_stage(t, aux, strip_px=strip_px)
-        base = F.interpolate(coarse[:, :1], size=res.shape[-2:], mode="bilinear",
-                             align_corners=False)
-        out = base + res
+        size = res.shape[-2:]
+        if self.cfg.positive:
+            # log-space base: bicubic overshoots below zero next to dry cells; clamp, floor
+            base = F.interpolate(coarse[:, :1], size=size, mode="bicubic", align_corners=False)
+            out = torch.log(base.clamp_min(0.0) + LOG_FLOOR) + res
+        else:
+            base = F.interpolate(coarse[:, :1], size=size, mode="bilinear", align_corners=False)
+            out = base + res
         if gain is not None:
-            size = res.shape[-2:]
             smooth = F.interpolate(F.avg_pool2d(aux, self.cfg.factor), size=size,
                                    mode="bilinear", align_corners=False)
             beta = F.interpolate(gain, size=size, mode="bilinear", align_corners=False)
             out = out + (beta * (aux - smooth)).sum(dim=1, keepdim=True)
         if self.conservation is not None:
             out = self.conservation(out, coarse[:, :1], fine_mask)
+        elif self.cfg.positive:
+            out = torch.exp(out)
         if self.spread_head is not None:
             out = torch.cat([out, self.spread_head(feat)], dim=1)
         return out
