@@ -79,6 +79,7 @@ from geosr.inference.config import (
     Progress,
 )
 from geosr.inference.engine import TileJob, _DaskEngine, _LocalEngine, _ordered, _tile_items
+from geosr.inference.heap import retained_heap
 from geosr.inference.tiling import RowStitcher, TilePlan, plan_tiles
 from geosr.inference.timing import TIMES
 from geosr.inference.uncertain import (
@@ -397,9 +398,11 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
     engine = _DaskEngine(cfg.scheduler) if cfg.scheduler else _LocalEngine(workers)
     summaries = []
     try:
+        local_net = not cfg.scheduler and method is Method.net
         with _torch_threads(max(1, _cpu_count() // max(engine.workers, 1))
-                            if not cfg.scheduler and method is Method.net else None), \
-                _blas_threads(1 if not cfg.scheduler else None):
+                            if local_net else None), \
+                _blas_threads(1 if not cfg.scheduler else None), \
+                retained_heap(local_net and device.type == "cpu"):
             for p in plans:
                 t1 = time.perf_counter()
                 job = TileJob(

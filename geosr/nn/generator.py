@@ -248,7 +248,9 @@ class Generator(nn.Module):
                 or coarse.shape[1] != cfg.n_coarse:
             raise ValueError(f"coarse: expected shape (N, {cfg.n_coarse}, h, w), "
                              f"got {_shape(coarse)}")
-        t = self.trunk(self.stem(_channels_last(coarse)))
+        # channels-last after the stem: with one input channel the layout is ambiguous
+        # and the stem's 1x1 conv would return NCHW for the whole encoder
+        t = self.trunk(_channels_last(self.stem(coarse)))
         if cfg.n_aux:
             want = (coarse.shape[0], cfg.n_aux, *coarse.shape[2:])
             if not isinstance(aux_coarse, torch.Tensor) or tuple(aux_coarse.shape) != want:
@@ -260,7 +262,8 @@ class Generator(nn.Module):
 
     def decode(self, features: torch.Tensor, coarse: torch.Tensor, aux: torch.Tensor | None,
                *, fine_mask: torch.Tensor | None = None,
-               scene_gain: torch.Tensor | None = None) -> torch.Tensor:
+               scene_gain: torch.Tensor | None = None,
+               strip_px: int | None = None) -> torch.Tensor:
         """Fine field from coarse features (steps 4-7).
 
         Args:
@@ -271,6 +274,11 @@ class Generator(nn.Module):
             fine_mask: optional ``(N, 1, hf, wf)`` valid fine cells for conservation.
             scene_gain: optional ``(N, n_aux)`` per-sample gains added to the learned
                 ones (a scene-adaptive model, :mod:`geosr.model.scene`).
+            strip_px: run the fine stage (step 5, most of the cost) on row strips of
+                about this many fine pixels, each with :attr:`strip_halo_px` rows of
+                context; the result is the same to float rounding. Why: a strip's
+                activations, not the whole input's, are in memory at once (inference on
+                large tiles). ``None``: the whole input at once.
 
         Returns:
             ``(N, 1, hf, wf)``; ``(N, 2, hf, wf)`` (best estimate, spread) with
@@ -296,11 +304,7 @@ class Generator(nn.Module):
         t = _channels_last(features)
         for up, mid in zip(self.ups, self.mids, strict=True):
             t = mid(up(t))
-        t = self.last_up(t)
-        if self.fine_aux is not None:
-            t = torch.cat([t, self.fine_aux(_channels_last(aux))], dim=1)
-        feat = self.fine(t)
-        res = self.head(feat)
+        feat, res = self._fine_stage(t, aux, strip_px=strip_px)
         size = res.shape[-2:]
         if self.cfg.positive:
             # log-space base: bicubic overshoots below zero next to dry cells; clamp, floor
@@ -321,6 +325,52 @@ class Generator(nn.Module):
         if self.spread_head is not None:
             out = torch.cat([out, self.spread_head(feat)], dim=1)
         return out
+
+    @property
+    def strip_halo_px(self) -> int:
+        """Context (fine rows per side) a row strip of the fine stage needs to match the
+        whole input: a multiple of the last upsampling factor ``r``.
+
+        The last stage's bilinear interpolation clamps at a strip edge in its first
+        ``ceil(r / 2)`` rows; the refine and head convs, the fine aux branch and the fine
+        blocks then spread that edge effect by their radii.
+        """
+        r = self.stages[-1]
+        px = (max(math.ceil(r / 2) + 1, 2 if self.fine_aux is not None else 0)
+              + Inception.RADIUS * self.cfg.fine_blocks + 2)
+        return math.ceil(px / r) * r
+
+    def _fine(self, t: torch.Tensor, aux: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fine features, head output) from the intermediate-scale features ``t``."""
+        t = self.last_up(t)
+        if self.fine_aux is not None:
+            t = torch.cat([t, self.fine_aux(_channels_last(aux))], dim=1)
+        feat = self.fine(t)
+        return feat, self.head(feat)
+
+    def _fine_stage(self, t: torch.Tensor, aux: torch.Tensor | None, *,
+                    strip_px: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """:meth:`_fine`, on row strips of about ``strip_px`` fine pixels when given.
+
+        Returns the fine features (``None`` from strips unless the spread head needs
+        them) and the head output.
+        """
+        r, halo = self.stages[-1], self.strip_halo_px
+        rows = t.shape[-2] * r
+        if strip_px is None or rows <= strip_px + halo:
+            return self._fine(t, aux)
+        step = max(r, strip_px // r * r)
+        feats, res = [], []
+        for s in range(0, rows, step):
+            e = min(rows, s + step)
+            lo, hi = max(0, s - halo), min(rows, e + halo)
+            feat, y = self._fine(t[..., lo // r:hi // r, :],
+                                 aux[..., lo:hi, :] if aux is not None else None)
+            res.append(y[..., s - lo:e - lo, :])
+            if self.spread_head is not None:
+                feats.append(feat[..., s - lo:e - lo, :])
+        return (torch.cat(feats, dim=-2) if feats else None), torch.cat(res, dim=-2)
 
     def forward(self, coarse: torch.Tensor, aux: torch.Tensor | None = None, *,
                 fine_mask: torch.Tensor | None = None,
