@@ -17,12 +17,13 @@ Experiments (``../shared/data/real``; ``--experiments`` picks some):
   of the country is held out (training never sees a target cell there).
 - ``uk-tasmax`` / ``uk-tasmin`` / ``uk-rainfall``: HadUK-Grid daily fields, West
   Cornwall, May 2018, factor 8 (8 km -> 1 km), aux: DEM (dtmm) and the sea mask
-  (categorical). Train days 1-21, test days 22-31.
+  (categorical). Train days 1-16, choose the best epoch on days 17-21, test days
+  22-31: the training reads a copy of days 1-21 only.
 - ``era5-tasmax``: the real ERA5 0.25 deg daily maximum 2 m temperature (from hourly
   fields) as the coarse input, HadUK-Grid tasmax as the truth, factor 20 (20 km -> 1 km,
-  British National Grid); train days 1-21, test days 22-31. Here the coarse input is a
-  different product from the truth (bias, timing of the day): conservation ties the
-  output to ERA5's cell means, so it is not expected to help.
+  British National Grid); train days 1-16, best epoch on 17-21, test days 22-31. Here
+  the coarse input is a different product from the truth (bias, timing of the day):
+  conservation ties the output to ERA5's cell means, so it is not expected to help.
 
 Methods: ``bicubic``; ``sharpen`` (regression sharpening on the DEM fitted per scene and
 day, the default of ``geosr downscale`` without a model, with conservation); for
@@ -53,6 +54,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,6 +77,8 @@ CH_AUX = (LayerSpec("dem", str(CH / "aux" / "swissAltitude_geostatsp.tif")),
           LayerSpec("landtype", str(CH / "aux" / "swissLandType_geostatsp.tif"), True))
 UK_AUX = (LayerSpec("dem", str(UK / "aux" / "dtmm.tif")),
           LayerSpec("sea", str(UK / "aux" / "uk_seamask_1km.tif"), True))
+UK_TRAIN_DAYS = 21  # training period: days 1-21, of which 17-21 choose the best epoch
+UK_VAL_DAYS = tuple(range(17, 22))
 UK_TEST_DAYS = tuple(range(22, 32))
 SCORES = ("rmse", "mae", "pearson_r", "ssim", "conservation_rmse")
 
@@ -133,8 +137,10 @@ def build(key: str, work: Path) -> Experiment:
         return exp
     if key.startswith("uk-"):
         var = key[3:]
-        ds = _prep(work / key, target=(str(UK / "target" / f"{var}1km.tif"),), aux=UK_AUX,
-                   res_m=1000.0, factor=8)
+        target = UK / "target" / f"{var}1km.tif"
+        ds = _prep(work / key, target=(str(target),), aux=UK_AUX, res_m=1000.0, factor=8)
+        train_ds = _prep(work / f"{key}-train", target=(str(_first_days(target, work)),),
+                         aux=UK_AUX, res_m=1000.0, factor=8)
         variants = {"net": {}, "net-fixed": {"scene": False},
                     "net-noconserve": {"conserve": False}}
         if var == "rainfall":  # the default is the non-negative network; the additive one
@@ -145,18 +151,39 @@ def build(key: str, work: Path) -> Experiment:
                          "net-aux:none": {"aux": ()}}
         units = "mm" if var == "rainfall" else "degC"
         return Experiment(key, f"HadUK-Grid {var}, Cornwall, 8 km -> 1 km, days 22-31", units,
-                          ds, ds, UK_TEST_DAYS, {"val_samples": _days(ds, UK_TEST_DAYS),
-                                                 "patch": 5}, variants)
+                          train_ds, ds, UK_TEST_DAYS,
+                          {"val_samples": _days(train_ds, UK_VAL_DAYS), "patch": 5}, variants)
     if key == "era5-tasmax":
         era5 = era5_daily(work)
-        ds = _prep(work / key, coarse=(str(era5),), target=(str(UK / "target" / "tasmax1km.tif"),),
-                   aux=UK_AUX, res_m=1000.0, factor=20, crs="EPSG:27700",
-                   bounds=(134000.0, 12000.0, 204000.0, 83000.0))
+        target = UK / "target" / "tasmax1km.tif"
+        grid = dict(aux=UK_AUX, res_m=1000.0, factor=20, crs="EPSG:27700",
+                    bounds=(134000.0, 12000.0, 204000.0, 83000.0))
+        ds = _prep(work / key, coarse=(str(era5),), target=(str(target),), **grid)
+        train_ds = _prep(work / f"{key}-train", coarse=(str(_first_days(era5, work)),),
+                         target=(str(_first_days(target, work)),), **grid)
         return Experiment(key, "ERA5 daily Tmax (0.25 deg) -> HadUK tasmax 1 km, f=20, "
-                          "days 22-31", "degC", ds, ds, UK_TEST_DAYS,
-                          {"val_samples": _days(ds, UK_TEST_DAYS), "patch": 2},
+                          "days 22-31", "degC", train_ds, ds, UK_TEST_DAYS,
+                          {"val_samples": _days(train_ds, UK_VAL_DAYS), "patch": 2},
                           {"net": {}, "net-noconserve": {"conserve": False}})
     raise SystemExit(f"unknown experiment {key!r}")
+
+
+def _first_days(path: Path, work: Path, n: int = UK_TRAIN_DAYS) -> Path:
+    """The first ``n`` bands (days) of a daily raster, with their tags, units and
+    descriptions: the training period, so that no test day is ever read in training."""
+    out = work / f"{Path(path).stem}_days1-{n}.tif"
+    if not out.exists():
+        with rasterio.open(path) as src:
+            profile = src.profile | {"count": n}
+            with rasterio.open(out, "w", **profile) as dst:
+                dst.write(src.read(list(range(1, n + 1))))
+                for b in range(1, n + 1):
+                    dst.update_tags(b, **src.tags(b))
+                    if src.units[b - 1]:
+                        dst.set_band_unit(b, src.units[b - 1])
+                    if src.descriptions[b - 1]:
+                        dst.set_band_description(b, src.descriptions[b - 1])
+    return out
 
 
 def _full(grid) -> Window:
