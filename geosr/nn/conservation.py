@@ -168,27 +168,10 @@ def conserve_softmax(logits: torch.Tensor, coarse: torch.Tensor, factor: int,
     return fine.reshape(n, c, hf, wf)
 
 
-class SoftmaxConservation(nn.Module):
+class SoftmaxConservation(Conservation):
     """Module form of :func:`conserve_softmax` for a fixed ``factor``."""
-
-    def __init__(self, factor: int) -> None:
-        """Build the layer.
-
-        Args:
-            factor: block size in fine pixels (positive integer).
-
-        Raises:
-            ValueError: if ``factor`` is not a positive integer.
-        """
-        super().__init__()
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"factor: expected a positive integer, got {factor!r}")
-        self.factor = factor
 
     def forward(self, logits: torch.Tensor, coarse: torch.Tensor,
                 valid_mask: torch.Tensor | None = None) -> torch.Tensor:
         """See :func:`conserve_softmax`."""
         return conserve_softmax(logits, coarse, self.factor, valid_mask)
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor}"
