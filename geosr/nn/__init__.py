@@ -7,7 +7,7 @@
 from geosr.nn.attention import ChannelAttention, SpatialAttention
 from geosr.nn.blocks import Inception
 from geosr.nn.config import NetConfig
-from geosr.nn.conservation import Conservation, conserve
+from geosr.nn.conservation import Conservation, SoftmaxConservation, conserve, conserve_softmax
 from geosr.nn.discriminator import Discriminator
 from geosr.nn.generator import Generator
 from geosr.nn.params import count_parameters
@@ -20,9 +20,11 @@ __all__ = [
     "Generator",
     "Inception",
     "NetConfig",
+    "SoftmaxConservation",
     "SpatialAttention",
     "UpStage",
     "conserve",
+    "conserve_softmax",
     "count_parameters",
     "split_factor",
 ]
