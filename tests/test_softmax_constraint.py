@@ -124,7 +124,6 @@ def test_positive_generator_halo_bounds_the_receptive_field():
     reach_cells = max((rows - y // f).abs().max().item(), (cols - x // f).abs().max().item())
     assert (reach_cells + 1) * f <= net.halo_px
     feats = net.encode(coarse.detach(), net.pool_aux(aux.detach()))
-    coarse.grad = None
     c2 = coarse.detach().clone().requires_grad_(True)
     net.decode(feats, c2, aux.detach())[0, 0, y, x].backward()
     rows, cols = (c2.grad[0, 0] != 0).nonzero(as_tuple=True)

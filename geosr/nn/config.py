@@ -71,10 +71,10 @@ class NetConfig:
             gains act on that logarithm, a multiplicative sharpening), and the softmax
             constraint layer (:func:`~geosr.nn.conservation.conserve_softmax`) turns it
             into a field that is ``>= 0`` everywhere and averages exactly to the coarse
-            cell. Without ``conserve``, the output is the bicubic base times the exponential
-            of those terms: non-negative, not conserved. The caller must scale without
-            shifting (zero stays zero). Off: the additive residual and conservation (bundles written
-            before the option existed).
+            cell. Without ``conserve``, the output is the bicubic base times the
+            exponential of those terms: non-negative, not conserved. The caller must scale
+            without shifting (zero stays zero). Off: the additive residual and conservation
+            (bundles written before the option existed).
         norm: ``"none"`` (default), ``"batch"`` or ``"group"``. ``"none"`` keeps the
             network a local operator so tiled prediction is seamless; BatchNorm in train
             mode depends on batch statistics and is fragile with small batches;

@@ -147,25 +147,25 @@ def conserve_softmax(logits: torch.Tensor, coarse: torch.Tensor, factor: int,
     n, c, hf, wf = logits.shape
     h, w = hf // factor, wf // factor
     blocks = logits.reshape(n, c, h, factor, w, factor)
+    target = torch.nan_to_num(coarse.clamp_min(0.0), nan=0.0, posinf=0.0)
+    target = target[:, :, :, None, :, None]
     if valid_mask is None:
-        m = None
-        count = torch.full((n, c, h, 1, w, 1), float(factor * factor), dtype=logits.dtype,
-                           device=logits.device)
-    else:
-        m = (valid_mask.expand_as(logits) > 0).reshape(n, c, h, factor, w, factor)
-        blocks = torch.where(m, blocks, torch.full_like(blocks, -torch.inf))
-        count = m.sum(dim=(3, 5), keepdim=True).to(logits.dtype)
-    # softmax over the block's two pixel axes at once; an all-invalid block has no
-    # finite maximum and gets zero weights, replaced by its coarse value below
+        return (_block_softmax(blocks) * (factor * factor) * target).reshape(n, c, hf, wf)
+    m = (valid_mask.expand_as(logits) > 0).reshape(n, c, h, factor, w, factor)
+    count = m.sum(dim=(3, 5), keepdim=True).to(logits.dtype)
+    # an all-invalid block gets zero weights, then its coarse value
+    weight = _block_softmax(torch.where(m, blocks, torch.full_like(blocks, -torch.inf)))
+    fine = torch.where(m & (count > 0), weight * count * target, target.expand_as(weight))
+    return fine.reshape(n, c, hf, wf)
+
+
+def _block_softmax(blocks: torch.Tensor) -> torch.Tensor:
+    """Softmax over the two pixel axes (3 and 5) of ``(N, C, h, f, w, f)`` blocks; a block
+    of ``-inf`` only gets zero weights (no NaN, nor in the gradient)."""
     top = blocks.amax(dim=(3, 5), keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.exp(blocks - top)
-    weight = e / e.sum(dim=(3, 5), keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-    target = torch.nan_to_num(coarse.clamp_min(0.0), nan=0.0, posinf=0.0)
-    target = target[:, :, :, None, :, None]
-    keep = (count > 0) if m is None else (m & (count > 0))
-    fine = torch.where(keep, weight * count * target, target.expand_as(weight))
-    return fine.reshape(n, c, hf, wf)
+    return e / e.sum(dim=(3, 5), keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
 
 
 class SoftmaxConservation(Conservation):

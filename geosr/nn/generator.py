@@ -26,7 +26,7 @@ Layout (``f`` = factor, ``h x w`` coarse cells, ``H x W = hf x wf`` fine pixels)
    logarithm of the bicubic interpolation of coarse channel 0, and the softmax
    constraint layer (:func:`~geosr.nn.conservation.conserve_softmax`) shares each coarse
    value among its block's pixels by those log-weights: never negative, exactly
-   conserved, dry cells dry, and at initialisation the (conserved) bicubic field.
+   conserved, dry cells dry, and at initialisation close to the (conserved) bicubic field.
 8. With ``cfg.spread`` (a probabilistic model), a second head on the same fine features
    gives the per-pixel spread (:class:`~geosr.nn.spread.SpreadHead`), returned as
    channel 1 beside the conserved best estimate.

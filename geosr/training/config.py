@@ -71,8 +71,8 @@ class TrainConfig:
         val_samples: sample ids held out for validation.
         val_fraction: hold out this fraction of samples (latest dates).
         val_block: hold out this fraction of the valid area as an eastern block.
-        loss: reconstruction loss; None: ``l1+grad`` for a non-negative (rain) network,
-            whose showers' edges it keeps sharper (measured, README), else ``l1``.
+        loss: reconstruction loss; None: ``l1+grad`` for a non-negative (rain) network
+            (it measured a lower RMSE on daily rain; README), else ``l1``.
         grad_weight: weight of the gradient term of ``l1+grad``.
         gan: adversarial training with a patch discriminator.
         gan_recon_weight: weight of the reconstruction loss in the generator loss.

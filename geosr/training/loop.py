@@ -214,7 +214,7 @@ def _positive_default(manifest: Manifest, scene: bool) -> bool:
     vr = manifest.valid_range
     positive = not scene and vr is not None and vr.lo == 0.0 and vr.hi == math.inf
     if positive:
-        log.info("valid range 0:: a non-negative network (softmax constraint layer)")
+        log.info("valid range 0: -> a non-negative network (softmax constraint layer)")
     return positive
 
 
