@@ -67,8 +67,13 @@ CH_DEM = CH / "aux" / "swissAltitude_geostatsp.tif"
 UK_DEM = UK / "aux" / "dtmm.tif"
 UK_TRAIN = ("2018-05-01", "2018-05-21")
 UK_TEST_BANDS = tuple(range(22, 32))
-METHODS = ("bicubic", "sharpen", "net-fixed", "net-scene")
-NETS = {"net-scene": True, "net-fixed": False}
+BASELINES = ("bicubic", "sharpen")
+NETS = {"net-scene": {"scene": True}, "net-fixed": {"scene": False},
+        "net-slope": {"scene": True, "slope_augment": 2.0},
+        "net-slope5": {"scene": True, "slope_augment": 5.0}}
+"""The networks a case can train (``--nets``): the scene-adaptive default, the
+fixed-statistics one and the scene-adaptive one with slope augmentation (scales 2, 5)."""
+DEFAULT_NETS = ("net-fixed", "net-scene")
 
 
 @dataclass(frozen=True)
@@ -149,13 +154,13 @@ def trained(t: Training, args) -> tuple[dict[str, Path], dict[str, dict]]:
     """Both networks of one training set: bundles and training facts (cached)."""
     data = prepared(t, args.work)
     models, facts = {}, {}
-    for name, scene in NETS.items():
+    for name in args.nets:
         bundle = args.work / "models" / f"{t.key}.{name}.geosr"
         info = bundle.with_suffix(".facts.json")
         if args.retrain or not bundle.exists() or not info.exists():
             bundle.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            res = geosr.train(data, out=bundle, scene=scene, max_minutes=args.minutes,
+            res = geosr.train(data, out=bundle, **NETS[name], max_minutes=args.minutes,
                               threads=1, seed=args.seed, device="cpu", overwrite=True)
             info.write_text(json.dumps({
                 "train_seconds": round(time.perf_counter() - t0, 1),
@@ -262,7 +267,7 @@ def table(case: Case, rec: dict) -> str:
     lines = [f"## {case.key}: {case.label} (degC; {px} px)", f"model: {rec['trained_on']}",
              f"{'method':<11}{'RMSE':>8}{'MAE':>8}{'bias':>8}{'r':>8}{'SSIM':>8}{'cons.':>8}"
              f"{'/best bl.':>10}{'epochs':>8}"]
-    for name in METHODS:
+    for name in (*BASELINES, *rec["training"]):
         v = s[name]
         tr = rec["training"].get(name, {})
         ep = f"{tr['epochs_done']}" if tr else ""
@@ -275,16 +280,15 @@ def table(case: Case, rec: dict) -> str:
     return "\n".join(lines)
 
 
-def summary(report: list[dict]) -> str:
+def summary(report: list[dict], nets: tuple[str, ...]) -> str:
     lines = ["## summary (RMSE, degC; ratio = net RMSE / better of bicubic and sharpen)",
-             f"{'case':<13}{'bicubic':>9}{'sharpen':>9}{'net-fixed':>11}{'net-scene':>11}"
-             f"{'fixed/best':>12}{'scene/best':>12}"]
+             f"{'case':<13}{'bicubic':>9}{'sharpen':>9}"
+             + "".join(f"{n:>11}" for n in nets) + "".join(f"{n[4:] + '/best':>12}" for n in nets)]
     for rec in report:
         s = rec["scores"]
         lines.append(f"{rec['case']:<13}{s['bicubic']['rmse']:9.3f}{s['sharpen']['rmse']:9.3f}"
-                     f"{s['net-fixed']['rmse']:11.3f}{s['net-scene']['rmse']:11.3f}"
-                     f"{s['net-fixed']['vs_best_baseline']:11.2f}x"
-                     f"{s['net-scene']['vs_best_baseline']:11.2f}x")
+                     + "".join(f"{s[n]['rmse']:11.3f}" for n in nets)
+                     + "".join(f"{s[n]['vs_best_baseline']:11.2f}x" for n in nets))
     return "\n".join(lines)
 
 
@@ -297,6 +301,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/geosr-gen"))
     ap.add_argument("--retrain", action="store_true", help="train again even when cached")
+    ap.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), choices=list(NETS))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if not CH.is_dir() or not UK.is_dir():
@@ -318,7 +323,7 @@ def main() -> None:
         report.append(rec)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
-    print(summary(report), flush=True)
+    print(summary(report, tuple(args.nets)), flush=True)
 
 
 if __name__ == "__main__":

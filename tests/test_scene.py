@@ -242,3 +242,55 @@ def test_scene_default_is_off_for_precipitation(units, variable, scene, want):
 
     cfg = SimpleNamespace(scene=scene)
     assert _scene_default(cfg, SimpleNamespace(units=units, variable=variable)) is want
+
+
+def test_fixed_model_with_recorded_scenes_warns_on_a_reversed_slope_not_on_spread(
+        tmp_path, caplog):
+    """A fixed-statistics network whose bundle records its training scenes (``train``
+    does for every network): the band's sharpening slope is checked against them; its
+    spread is not (the network works on values, whatever their spread)."""
+    sc = _scene(tmp_path, hc=24, wc=24, bands=1)
+    coarse = sc["coarse_arr"]
+    with rasterio.open(sc["aux"]) as src:
+        dem_cells = block_mean(src.read(1), F)
+    model = tmp_path / "f.geosr"
+    torch.manual_seed(0)
+    cfg = NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
+                    n_blocks=1, fine_blocks=1)
+    m, s = float(np.mean(coarse)), float(np.std(coarse))
+    gain = scene_of(coarse[0], [dem_cells], (DEM,), train_std=s).gain[0]
+    assert gain < 0  # the synthetic field cools with height
+    training = {"epochs": 1, "scene_ranges": {
+        "n": 2, "mean": [m - 1, m + 1], "std": [10 * s, 12 * s],  # far wider spread
+        "gain": {"dem": [1.1 * gain, 0.9 * gain]}}}
+    save_bundle(model, overwrite=True, config=cfg, aux=(DEM,), factor=F, res_m=500.0,
+                variable="t2m", units="degC", norm=NORM, training=training,
+                coarse_stats={"min": m - 3 * s, "max": m + 3 * s, "mean": m, "std": s},
+                state_dict=Generator(cfg).state_dict())
+    aux = parse_layers([f"dem={sc['aux']}"])
+    caplog.set_level("WARNING")
+    _run(sc, tmp_path / "same.tif", model=str(model), aux=aux)
+    with rasterio.open(tmp_path / "same.tif") as src:
+        assert src.tags()["GEOSR_DOMAIN_SHIFT"] == "none"  # spread 10x smaller: no warning
+    # the same field with its dependence on height reversed (warmer uphill)
+    flipped = 2 * m - coarse
+    path = write_raster(tmp_path / "flipped.tif", flipped, res=500.0 * F, origin=ORIGIN)
+    _run({"coarse": path, "aux": sc["aux"]}, tmp_path / "out.tif", model=str(model), aux=aux)
+    warned = [r.getMessage() for r in caplog.records if "training distribution" in r.getMessage()]
+    assert len(warned) == 1 and "flipped.tif" in warned[0] and "slope dem" in warned[0]
+    assert "std" not in warned[0]
+
+
+@pytest.mark.parametrize("scene", [False, True])
+def test_train_records_the_scene_ranges_of_every_network(tmp_path, scene):
+    import json
+
+    import geosr
+    from _helpers_train import TINY_ARCH, make_dataset
+
+    ds = make_dataset(tmp_path, days=3)
+    geosr.train(ds, out=tmp_path / "m.geosr", epochs=1, scene=scene, arch=TINY_ARCH,
+                steps_per_epoch=1, batch_size=4, device="cpu")
+    rec = load_bundle(tmp_path / "m.geosr").training["scene_ranges"]
+    assert rec["n"] >= 1 and rec["gain"]["dem"][0] < 0 and rec["std"][0] > 0
+    assert json.loads((tmp_path / "m.log.json").read_text())["scene_ranges"] == rec

@@ -412,6 +412,33 @@ def test_meteoswiss_on_its_own_origin(real_data, tmp_path, model):
 
 
 @pytest.mark.realdata
+def test_shipped_model_warns_on_cornish_days_not_on_swiss_months(real_data, tmp_path, caplog):
+    """alps-t2m (a fixed-statistics network, trained on two Swiss fields) records its
+    training scenes; a Cornish daily field at 16 km has a DEM slope of the other scale
+    and sign (measured -18 against -1.02 in network units), where it scored 1.6x
+    bicubic's RMSE (benchmarks/shipped_model.py): ``downscale`` says so, and not on a
+    Swiss monthly field it handles well."""
+    ms, hk = real_data / "meteoswiss-ch-1km", real_data / "haduk-cornwall-1km-may2018"
+    _block_mean_16(ms / "geotiff" / "TabsM_ch01r.swiss.lv95_202305010000_202305010000.tif",
+                   tmp_path / "ch.tif")
+    _block_mean_16(hk / "target" / "tasmax1km.tif", tmp_path / "uk.tif")  # day 1
+    caplog.set_level("WARNING")
+    tags = {}
+    for name, dem in (("ch", ms / "aux" / "swissAltitude_geostatsp.tif"),
+                      ("uk", hk / "aux" / "dtmm.tif")):
+        out = tmp_path / f"o_{name}.tif"
+        downscale(DownscaleConfig(coarse=(str(tmp_path / f"{name}.tif"),),
+                                  aux=(LayerSpec("dem", str(dem)),), out=out, res_m=1000,
+                                  model="alps-t2m"))
+        with rasterio.open(out) as src:
+            tags[name] = src.tags()["GEOSR_DOMAIN_SHIFT"]
+    assert tags["ch"] == "none"
+    assert tags["uk"].startswith("band 1 slope dem")
+    warned = [r.getMessage() for r in caplog.records if "training distribution" in r.getMessage()]
+    assert len(warned) == 1 and "uk.tif" in warned[0] and "slope dem" in warned[0]
+
+
+@pytest.mark.realdata
 def test_era5_packed_netcdf_matches_float_geotiff(real_data, tmp_path):
     hk = real_data / "haduk-cornwall-1km-may2018"
     src = hk / "coarse_real" / "era5_cornwall_201805_hourly_instant.nc"

@@ -167,6 +167,12 @@ def train_cmd(
                                     "mean and spread and start from its own sharpening fit, so "
                                     "the model carries over to other periods and regions "
                                     "(default: on, except for precipitation)."),
+    slope_augment: float = typer.Option(
+        None, "--slope-augment", metavar="S",
+        help="Scene-adaptive network: give each training patch a random extra dependence "
+             "on each continuous aux layer (up to S times the date's spread per layer "
+             "spread), so the model follows the slopes of scenes unlike its training "
+             "dates (default: off; 0: off)."),
     arch: list[str] = typer.Option(None, "--arch", metavar="KEY=VALUE",
                                    help="Architecture override, e.g. fine_width=32 (repeatable)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: "
@@ -185,7 +191,7 @@ def train_cmd(
         probabilistic=probabilistic, seed=seed, device=device.value, resume=resume,
         overwrite=overwrite, lr=lr,
         steps_per_epoch=steps_per_epoch, augment=augment, scene=scene,
-        arch=parse_arch(arch or ()),
+        slope_augment=slope_augment, arch=parse_arch(arch or ()),
         threads=threads,
         dist=dist_from_env(os.environ),
     )

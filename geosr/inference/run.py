@@ -708,7 +708,9 @@ def _run_one(p: _Plan, job: TileJob, engine, predictor, aux: Sequence[LayerSpec]
                                        max_cells=FIT_MAX_CELLS)
                       for s, (_, r) in zip(aux, job.aux, strict=True)]
         TIMES.add("fit", time.perf_counter() - t_fit)
-    elif getattr(predictor, "scene", False):  # continuous layers' cell means
+    elif getattr(predictor, "scene", False) or _records_scenes(bundle):
+        # continuous layers' cell means: a scene-adaptive model's input, and what the
+        # domain-shift check compares with the training scenes' slopes
         t_fit = time.perf_counter()
         aux_coarse = [None if spec.categorical else _read_coarse_aux(
             s.path, fine, coarse_grid, engine.workers, resampling=r, name=s.name,
@@ -832,7 +834,7 @@ def _stream_group(crd, group: list[int], p: _Plan, job: TileJob, engine, predict
         with TIMES("fit"):
             job = _with_scenes(job, coarse, aux_coarse, predictor, info, group, dst)
     if job.method is Method.net and hasattr(getattr(predictor, "bundle", None), "training"):
-        _band_shifts(p, job, coarse, group, predictor.bundle)
+        _band_shifts(p, job, coarse, group, predictor, aux_coarse)
     # Tiles get nodata filled over the whole grid: each method fills it anyway, but from
     # the cells its window happens to see, so values next to nodata would depend on the
     # tile size. The nodata mask is put back on the stitched rows (_flush).
@@ -946,12 +948,28 @@ def _with_fits(job: TileJob, coarse: np.ndarray, aux_coarse: list, info: RasterI
     return replace(job, fits=tuple(fits))
 
 
-def _band_shifts(p: _Plan, job: TileJob, coarse: np.ndarray, group: list[int], bundle) -> None:
-    """Collect the bands' :class:`~geosr.model.domain.Shift` s (model units)."""
+def _records_scenes(bundle) -> bool:
+    """Whether a model's bundle records its training scenes (``train`` does since
+    scene ranges exist, for fixed-statistics networks too)."""
+    training = getattr(bundle, "training", None)
+    return isinstance(training, dict) and bool(training.get("scene_ranges"))
+
+
+def _band_shifts(p: _Plan, job: TileJob, coarse: np.ndarray, group: list[int], predictor,
+                 aux_coarse: list | None) -> None:
+    """Collect the bands' :class:`~geosr.model.domain.Shift` s (model units): from the
+    bands' scenes when the model takes them or its bundle records the training scenes,
+    else from the bands' values."""
+    bundle = predictor.bundle
     names = [n for s in bundle.aux for n in s.channel_names]
     for k, b in enumerate(group):
         if job.scenes:
             sc = job.scenes[k]
+            mean, std, gain = sc.mean, sc.std, sc.gain
+        elif aux_coarse is not None and _records_scenes(bundle):
+            if not np.isfinite(coarse[k]).any():
+                continue
+            sc = predictor.scene_of(coarse[k], aux_coarse)
             mean, std, gain = sc.mean, sc.std, sc.gain
         else:
             v = coarse[k][np.isfinite(coarse[k])]
@@ -959,7 +977,8 @@ def _band_shifts(p: _Plan, job: TileJob, coarse: np.ndarray, group: list[int], b
                 continue
             mean, std, gain = float(v.mean()), float(v.std()), None
         p.shifts.extend(band_shifts((p.bands[b] if p.bands else b + 1), mean, std, gain,
-                                    bundle.training or {}, bundle.coarse_stats or {}, names))
+                                    bundle.training or {}, bundle.coarse_stats or {}, names,
+                                    check_std=bool(predictor.scene)))
 
 
 def _report_shift(p: _Plan, dst, bundle, units: str) -> None:

@@ -4,8 +4,9 @@ A network applied outside its training distribution can be silently wrong. ``tra
 records what the training scenes spanned (``training["scene_ranges"]``: the range of
 the per-band coarse means and stds and of the per-band sharpening slopes of each aux
 layer, :func:`geosr.training.data.scene_ranges`) and the aux layers' value ranges
-(``training["aux_ranges"]``); a fixed-statistics model has at least the coarse training
-range (:attr:`~geosr.model.bundle.Bundle.coarse_stats`). ``downscale`` compares each
+(``training["aux_ranges"]``), for fixed-statistics networks too since they record them;
+an older fixed-statistics model has at least the coarse training range
+(:attr:`~geosr.model.bundle.Bundle.coarse_stats`). ``downscale`` compares each
 input band with them (:func:`band_shifts`) and says in one line per input what lies far
 outside, with the figures; the output's ``GEOSR_DOMAIN_SHIFT`` tag records it and
 ``validate`` reports it.
@@ -15,7 +16,8 @@ outside, with the figures; the output's ``GEOSR_DOMAIN_SHIFT`` tag records it an
 - a band's mean: distance outside the training scenes' range of means (a model without
   scene records: the training values' range), in training standard deviations
   (:data:`MEAN_SD`);
-- a band's spatial std: ratio to the nearest end of the training range (:data:`STD_RATIO`);
+- a band's spatial std (scene-adaptive models): ratio to the nearest end of the training
+  range (:data:`STD_RATIO`);
 - a band's sharpening slope per aux layer (e.g. a lapse rate): distance outside the
   training range of slopes, in units of that range's width or half its magnitude,
   whichever is larger (:data:`GAIN_WIDTHS`) - a reversed or much steeper relation;
@@ -76,7 +78,8 @@ def _outside(v: float, lo: float, hi: float) -> float:
 
 
 def band_shifts(band: int, mean: float, std: float, gain: Sequence[float] | None,
-                training: dict, coarse_stats: dict, channel_names: Sequence[str]) -> list[Shift]:
+                training: dict, coarse_stats: dict, channel_names: Sequence[str], *,
+                check_std: bool = True) -> list[Shift]:
     """The statistics of one band that lie far outside the training distribution.
 
     Args:
@@ -86,6 +89,8 @@ def band_shifts(band: int, mean: float, std: float, gain: Sequence[float] | None
         training: the bundle's training summary (``scene_ranges`` when recorded).
         coarse_stats: the bundle's coarse training statistics (``min, max, mean, std``).
         channel_names: the network's aux channel names, in order.
+        check_std: compare the band's spread too: a scene-adaptive model standardises
+            with it; a fixed-statistics one works on values, whatever their spread.
     """
     out: list[Shift] = []
     ranges = training.get("scene_ranges") or {}
@@ -101,7 +106,7 @@ def band_shifts(band: int, mean: float, std: float, gain: Sequence[float] | None
         d = _outside(mean, lo, hi) / sd
         if d > MEAN_SD:
             out.append(Shift("mean", band, mean, lo, hi, d))
-    if ranges.get("std") and math.isfinite(std) and std > 0:
+    if check_std and ranges.get("std") and math.isfinite(std) and std > 0:
         slo, shi = ranges["std"]
         ratio = max(slo / std, std / shi) if slo > 0 and shi > 0 else 1.0
         if ratio > STD_RATIO:

@@ -41,6 +41,7 @@ def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Sp
         "gan_recon_weight": cfg.gan_recon_weight, "gan_adv_weight": cfg.gan_adv_weight,
         "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup,
         "augment": cfg.augment, "world_size": cfg.dist.world_size,
+        **({"slope_augment": cfg.slope_augment} if cfg.slope_augment else {}),
     }
 
 

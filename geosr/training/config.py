@@ -98,6 +98,10 @@ class TrainConfig:
             (default): on, except for precipitation (by units or variable name), where the
             fixed network measured better (HadUK daily rain, 8 km -> 1 km: RMSE 0.485
             fixed against 0.529 scene-adaptive).
+        slope_augment: scale ``s`` of the slope augmentation of a scene-adaptive network
+            (:mod:`geosr.training.slopes`): each training sample gets a random extra
+            dependence on each continuous aux layer, up to ``s`` times the band's spread
+            per layer spread, and the matching scene. 0: off. None (default): off.
         arch: overrides of :class:`geosr.nn.NetConfig` fields, as (name, value) pairs.
         cache_mb: read the dataset into memory when it fits in this many MB.
         amp: mixed precision on CUDA (bf16 where supported, else fp16).
@@ -133,6 +137,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     augment: bool | None = None
     scene: bool | None = None
+    slope_augment: float | None = None
     arch: tuple[tuple[str, Any], ...] = ()
     cache_mb: float = 256.0
     amp: bool = True

@@ -112,6 +112,9 @@ def _check_options(cfg: TrainConfig) -> None:
             raise bad(name, v, "a non-negative number")
     if cfg.loss is not None:
         Loss(cfg.loss)
+    if cfg.slope_augment is not None and not (math.isfinite(cfg.slope_augment)
+                                              and 0 <= cfg.slope_augment <= 100):
+        raise bad("--slope-augment", cfg.slope_augment, "a scale from 0 to 100 (e.g. 2)")
 
 
 def _aux_specs(manifest: Manifest, names: tuple[str, ...] | None) -> tuple[AuxChannelSpec, ...]:
@@ -553,9 +556,20 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                          "hold no valid target cells; expected another --val-samples, "
                          "--val-fraction or --val-block")
     scenes = None
-    if net_cfg.scene:
-        scenes = training_scenes(reader, tuple(s.band for s in manifest.samples), specs,
+    # every network records what its training scenes spanned (the domain-shift check of
+    # downscale); a scene-adaptive one also takes them as input
+    all_scenes = training_scenes(reader, tuple(s.band for s in manifest.samples), specs,
                                  manifest.factor, train_std=float(norm["coarse"]["std"]))
+    if net_cfg.scene:
+        scenes = all_scenes
+    augmenter = None
+    if scenes and cfg.slope_augment:
+        from geosr.training.slopes import SlopeAugmenter, band_moments
+
+        augmenter = SlopeAugmenter(
+            cfg.slope_augment, scenes,
+            band_moments(reader, split.train_bands, specs, manifest.factor), specs,
+            train_std=float(norm["coarse"]["std"]))
     steps = cfg.steps_per_epoch or min(MAX_STEPS_PER_EPOCH, max(
         MIN_STEPS_PER_EPOCH, math.ceil(plan.patches_per_pass() / cfg.batch_size)))
     steps = max(1, math.ceil(steps / dist.world_size))
@@ -642,12 +656,12 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "seed": cfg.seed, "loss": Loss(cfg.loss).value, "gan": cfg.gan,
             "conserve": cfg.conserve, "device": str(device), "patch": patch,
             "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
-            "augment": cfg.augment, "world_size": dist.world_size, "stopped": stopped,
+            "augment": cfg.augment, "slope_augment": cfg.slope_augment if scenes else None,
+            "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
             "scene": bool(net_cfg.scene), "aux_ranges": _aux_ranges(manifest, specs),
-            **({"scene_ranges": scene_ranges({b: scenes[b] for b in split.train_bands}, specs)}
-               if scenes else {}),
+            "scene_ranges": scene_ranges({b: all_scenes[b] for b in split.train_bands}, specs),
             **({"spread_calibration": calibration} if calibration else {}),
         }
 
@@ -665,11 +679,15 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             picks = rng.integers(0, len(plan.starts), size=cfg.batch_size)
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
+            aux = fill_aux_cells(batch.aux, specs, f) if specs else None
+            batch_scenes = [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None
+            if augmenter is not None:
+                batch_scenes = augmenter(batch.coarse, batch.target, aux,
+                                         [int(plan.starts[k][0]) for k in picks], rng)
             xc, xa, sg, mu, sd = encode_batch(
                 torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
-                torch.from_numpy(fill_aux_cells(batch.aux, specs, f)).to(device) if specs
-                else None, norm, specs,
-                [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None)
+                torch.from_numpy(aux).to(device) if specs else None, norm, specs,
+                batch_scenes)
             tgt = torch.from_numpy(batch.target)[:, None].to(device)
             mask = torch.isfinite(tgt)
             tgt = torch.nan_to_num((tgt - mu) / sd, nan=0.0)
