@@ -4,9 +4,11 @@ when the regime changes (another period, variable, region or scale)?
 Protocol per case, through the public API (:mod:`geosr.api`) only:
 
 1. Training: :func:`geosr.prepare` on a 1 km truth with the DEM as aux (named ``dem``)
-   at the case's factor, then :func:`geosr.train` twice with the same budget: the
-   scene-adaptive network (the default) and the fixed-statistics one (``scene=False``);
-   ``max_minutes`` (``--minutes``, default 3), one thread, seed 0, otherwise defaults.
+   at the case's factor, then :func:`geosr.train` once per network of ``--nets`` with
+   the same budget (default: the scene-adaptive network, the default, and the
+   fixed-statistics one, ``scene=False``; also ``net-slope``/``net-slope5``, the
+   scene-adaptive one with ``slope_augment`` 2 or 5); ``max_minutes`` (``--minutes``,
+   default 3), one thread, seed 0 (``--seed``), otherwise defaults.
    Prepared data and bundles are cached under ``--work``; ``--retrain`` trains again.
    With two training fields, ``train``'s default split trains on the first and chooses
    the best epoch on the second (a held-out regime); with one, on a held-out block.
@@ -33,7 +35,8 @@ Cases (``../shared/data/real``):
   on TabsM 2023-05 (same month, related variable).
 
     OMP_NUM_THREADS=1 python benchmarks/generalisation.py [--cases period-ch ...]
-        [--minutes 3] [--work /tmp/geosr-gen] [--retrain] [--json FILE]
+        [--nets net-fixed net-scene net-slope net-slope5] [--minutes 3] [--seed 0]
+        [--work /tmp/geosr-gen] [--retrain] [--json FILE]
 
 Prints one table per case and a summary; ``--json`` writes every figure.
 """

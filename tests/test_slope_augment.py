@@ -105,7 +105,7 @@ def test_band_without_moments_is_left_alone():
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_train_with_slope_augmentation_records_it(tmp_path):
+def test_train_with_slope_augmentation_records_it(tmp_path, caplog):
     import geosr
 
     ds = make_dataset(tmp_path, days=3)
@@ -114,10 +114,12 @@ def test_train_with_slope_augmentation_records_it(tmp_path):
     log = json.loads((tmp_path / "m.log.json").read_text())
     assert log["slope_augment"] == 2.0 and log["scene"] is True
     assert np.isfinite(res.history[-1]["val_rmse"])
-    # a fixed-statistics network has no scenes to augment: recorded as not used
+    # a fixed-statistics network has no scenes to augment: said, and recorded as not used
+    caplog.set_level("WARNING")
     geosr.train(ds, out=tmp_path / "f.geosr", epochs=1, slope_augment=2.0, scene=False,
                 arch=TINY_ARCH, steps_per_epoch=1, batch_size=4, device="cpu")
     assert json.loads((tmp_path / "f.log.json").read_text())["slope_augment"] is None
+    assert any("--slope-augment 2: ignored" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), 1000.0])

@@ -563,7 +563,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     if net_cfg.scene:
         scenes = all_scenes
     augmenter = None
-    if scenes and cfg.slope_augment:
+    if cfg.slope_augment and (not scenes or net_cfg.positive):
+        log.warning("--slope-augment %g: ignored; it needs a scene-adaptive network that is "
+                    "not non-negative (--scene, not a rain field)", cfg.slope_augment)
+    elif cfg.slope_augment:
         from geosr.training.slopes import SlopeAugmenter, band_moments
 
         augmenter = SlopeAugmenter(
@@ -656,7 +659,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "seed": cfg.seed, "loss": Loss(cfg.loss).value, "gan": cfg.gan,
             "conserve": cfg.conserve, "device": str(device), "patch": patch,
             "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
-            "augment": cfg.augment, "slope_augment": cfg.slope_augment if scenes else None,
+            "augment": cfg.augment,
+            "slope_augment": cfg.slope_augment if augmenter is not None else None,
             "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
