@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalisation import CH_DEM, UK_DEM, Case, run_case  # noqa: E402
 from _data import UK, meteoswiss  # noqa: E402
+from generalisation import CH_DEM, UK_DEM, Case, run_case  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "alps-t2m" / "alps-t2m.geosr"
 DAYS = tuple(range(1, 32))

@@ -285,8 +285,9 @@ def test_fixed_model_with_recorded_scenes_warns_on_a_reversed_slope_not_on_sprea
 def test_train_records_the_scene_ranges_of_every_network(tmp_path, scene):
     import json
 
-    import geosr
     from _helpers_train import TINY_ARCH, make_dataset
+
+    import geosr
 
     ds = make_dataset(tmp_path, days=3)
     geosr.train(ds, out=tmp_path / "m.geosr", epochs=1, scene=scene, arch=TINY_ARCH,

@@ -966,7 +966,7 @@ def _band_shifts(p: _Plan, job: TileJob, coarse: np.ndarray, group: list[int], p
         if job.scenes:
             sc = job.scenes[k]
             mean, std, gain = sc.mean, sc.std, sc.gain
-        elif aux_coarse is not None and _records_scenes(bundle):
+        elif aux_coarse is not None:  # read for a bundle that records its scenes
             if not np.isfinite(coarse[k]).any():
                 continue
             sc = predictor.scene_of(coarse[k], aux_coarse)

@@ -382,13 +382,18 @@ def aux_coarse_means(reader: DatasetReader, specs, factor: int,
 
 
 def training_scenes(reader: DatasetReader, bands: tuple[int, ...], specs, factor: int, *,
-                    train_std: float) -> dict:
+                    train_std: float, layers: list[np.ndarray | None] | None = None) -> dict:
     """The :class:`~geosr.model.scene.Scene` of each band: the whole coarse band and the
-    aux means over its cells, as ``downscale`` computes them for a whole input band."""
+    aux means over its cells, as ``downscale`` computes them for a whole input band.
+
+    ``layers``: :func:`aux_coarse_means` when the caller has them already (it reads the
+    whole aux).
+    """
     from geosr.model.scene import scene_of
 
     g = reader.manifest.coarse_grid
-    layers = aux_coarse_means(reader, specs, factor)
+    if layers is None:
+        layers = aux_coarse_means(reader, specs, factor)
     full = Window(0, 0, g.width, g.height)
     return {b: scene_of(reader.coarse(b, full), layers, specs, train_std=train_std)
             for b in sorted(set(bands))}

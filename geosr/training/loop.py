@@ -63,6 +63,7 @@ from geosr.training.data import (
     DatasetReader,
     PatchPlan,
     Split,
+    aux_coarse_means,
     make_split,
     plan_patches,
     read_batch,
@@ -558,8 +559,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     scenes = None
     # every network records what its training scenes spanned (the domain-shift check of
     # downscale); a scene-adaptive one also takes them as input
+    layers = aux_coarse_means(reader, specs, manifest.factor)  # one pass over the aux
     all_scenes = training_scenes(reader, tuple(s.band for s in manifest.samples), specs,
-                                 manifest.factor, train_std=float(norm["coarse"]["std"]))
+                                 manifest.factor, train_std=float(norm["coarse"]["std"]),
+                                 layers=layers)
     if net_cfg.scene:
         scenes = all_scenes
     augmenter = None
@@ -571,7 +574,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
 
         augmenter = SlopeAugmenter(
             cfg.slope_augment, scenes,
-            band_moments(reader, split.train_bands, specs, manifest.factor), specs,
+            band_moments(reader, split.train_bands, layers), specs,
             train_std=float(norm["coarse"]["std"]))
     steps = cfg.steps_per_epoch or min(MAX_STEPS_PER_EPOCH, max(
         MIN_STEPS_PER_EPOCH, math.ceil(plan.patches_per_pass() / cfg.batch_size)))

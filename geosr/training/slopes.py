@@ -58,7 +58,8 @@ class BandMoments:
             return None
         a = np.stack([np.asarray(x, np.float64).reshape(-1)[ok] for x in layers])
         valid = np.isfinite(a)
-        centre = np.array([row[v].mean() if v.any() else 0.0 for row, v in zip(a, valid)])
+        centre = np.array([row[v].mean() if v.any() else 0.0
+                           for row, v in zip(a, valid, strict=True)])
         d = np.where(valid, a - centre[:, None], 0.0)
         cov = np.atleast_2d(np.cov(np.vstack([y[ok], d]), bias=True))
         return BandMoments(centre, d.mean(axis=1), float(cov[0, 0]), cov[0, 1:], cov[1:, 1:])
@@ -114,8 +115,9 @@ class SlopeAugmenter:
                 continue
             sd_a = np.sqrt(np.maximum(np.diag(mom.cov_aa), 0.0))
             u = rng.uniform(-self.scale, self.scale, size=len(self.layers))
-            beta = np.where(sd_a > 0, u * math.sqrt(max(mom.var_y, 0.0)) / np.where(
-                sd_a > 0, sd_a, 1.0), 0.0)
+            # a constant layer (sd 0) gets no change
+            beta = np.divide(u * math.sqrt(max(mom.var_y, 0.0)), sd_a,
+                             out=np.zeros_like(sd_a), where=sd_a > 0)
             fine = np.zeros(target.shape[1:], np.float64)
             for j, (k, _) in enumerate(self.layers):  # a cell without the layer: no change
                 fine += beta[j] * np.nan_to_num(aux[i, k].astype(np.float64) - mom.mean_a[j])
@@ -137,14 +139,13 @@ class SlopeAugmenter:
         return replace(scene, mean=mean, std=std, gain=tuple(gain))
 
 
-def band_moments(reader, bands, specs, factor: int) -> dict:
-    """Per band, its :class:`BandMoments` over the whole coarse grid (None without a
-    continuous aux layer or enough valid cells)."""
+def band_moments(reader, bands, layers: list[np.ndarray | None]) -> dict:
+    """Per band, its :class:`BandMoments` over the whole coarse grid, from the aux
+    layers' cell means ``layers`` (:func:`~geosr.training.data.aux_coarse_means`; None
+    for class layers); None without a continuous layer or enough valid cells."""
     from rasterio.windows import Window
 
-    from geosr.training.data import aux_coarse_means
-
-    layers = [x for x in aux_coarse_means(reader, specs, factor) if x is not None]
+    layers = [x for x in layers if x is not None]
     if not layers:
         return {b: None for b in bands}
     g = reader.manifest.coarse_grid
