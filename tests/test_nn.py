@@ -274,6 +274,11 @@ def test_generator_masked_conservation():
     has_valid = _block_mean64(m, f) > 0
     torch.testing.assert_close(masked_mean[has_valid], coarse.double()[has_valid],
                                rtol=1e-5, atol=1e-6)
+    # the invalid cells (still output: the sea where the aux stops) average to it too
+    rest_mean = _block_mean64(out * (1 - m), f) / _block_mean64(1 - m, f)
+    has_rest = _block_mean64(1 - m, f) > 0
+    torch.testing.assert_close(rest_mean[has_rest], coarse.double()[has_rest],
+                               rtol=1e-5, atol=1e-6)
 
 
 def _conserve_reference(fine, coarse, f, mask):
@@ -282,9 +287,10 @@ def _conserve_reference(fine, coarse, f, mask):
         for i in range(coarse.shape[2]):
             for j in range(coarse.shape[3]):
                 blk = (n, 0, slice(i * f, (i + 1) * f), slice(j * f, (j + 1) * f))
-                valid = mask[blk]
-                if valid.any() and math.isfinite(coarse[n, 0, i, j]):
-                    out[blk] += coarse[n, 0, i, j] - fine[blk][valid].double().mean().float()
+                for part in (mask[blk], ~mask[blk]):  # valid and invalid cells apart
+                    if part.any() and math.isfinite(coarse[n, 0, i, j]):
+                        cell = out[blk]
+                        cell[part] += coarse[n, 0, i, j] - fine[blk][part].double().mean().float()
     return out
 
 
@@ -302,7 +308,7 @@ def test_conserve_matches_reference(f, h, w, seed):
     torch.testing.assert_close(_block_mean64(full, f), coarse.double(), rtol=0, atol=1e-6)
 
 
-def test_conserve_leaves_empty_and_nodata_blocks_unchanged():
+def test_conserve_empty_and_nodata_blocks():
     f = 3
     fine = torch.randn(1, 1, 6, 6)
     fine[0, 0, 0, 0] = float("nan")  # invalid cell holding a NaN: must not leak
@@ -311,12 +317,14 @@ def test_conserve_leaves_empty_and_nodata_blocks_unchanged():
     mask[..., :3, 3:] = False  # block (0, 1) has no valid cell
     mask[0, 0, 0, 0] = False
     out = conserve(fine, coarse, f, valid_mask=mask)
-    torch.testing.assert_close(out[..., :3, 3:], fine[..., :3, 3:])  # empty block
+    # a block without valid cells is conserved over all of them
+    assert _block_mean64(out[..., :3, 3:], f).item() == pytest.approx(2.0, abs=1e-6)
     torch.testing.assert_close(out[..., 3:, :3], fine[..., 3:, :3])  # NaN coarse
     assert torch.isfinite(out[..., 3:, 3:]).all()
     assert _block_mean64(out[..., 3:, 3:], f).item() == pytest.approx(4.0, abs=1e-6)
     valid00 = out[0, 0, :3, :3][mask[0, 0, :3, :3]]
     assert valid00.double().mean().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.isnan(out[0, 0, 0, 0])  # the NaN stays in its own (invalid) part
 
 
 def test_conserve_gradient_is_finite_with_empty_blocks():

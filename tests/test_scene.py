@@ -232,6 +232,36 @@ def test_aux_nodata_takes_its_cell_mean_not_the_training_mean(tmp_path):
     assert np.allclose(a, b, atol=1e-5, equal_nan=True)
 
 
+def test_conservation_keeps_the_land_of_a_coastal_cell_apart_from_its_sea(tmp_path):
+    """Where the aux is nodata (the sea beyond a DEM's coast) the network's values are
+    conserved apart: the land of the cell averages to the coarse value, and so does
+    its sea, whatever the network puts there."""
+    aux = np.full((1, 1, 2 * F, 2 * F), 100.0, np.float32)
+    aux[0, 0] += np.linspace(0, 900, 4 * F * F).reshape(2 * F, 2 * F)
+    aux[0, 0, :F // 2, :F] = np.nan  # half a cell of sea
+    aux[0, 0, F:, F:] = np.nan       # a cell of sea only
+    coarse = np.array([[[10.0, 12.0], [8.0, 11.0]]], np.float32)
+    pred = Predictor(load_bundle(_scene_bundle(tmp_path / "m.geosr")), conserve=True)
+    y = pred.predict(coarse, aux)[0]
+    sea = np.isnan(aux[0, 0])
+    assert np.isfinite(y).all()
+    for i in range(2):
+        for j in range(2):
+            cell = (slice(i * F, (i + 1) * F), slice(j * F, (j + 1) * F))
+            for part in (~sea[cell], sea[cell]):
+                if part.any():
+                    assert y[cell][part].mean() == pytest.approx(coarse[0, i, j], abs=1e-4)
+    assert y[:F // 2, :F].std() > 1e-3  # the sea keeps the network's pattern, shifted
+    # training's validation (and its patches) conserve the same way
+    from geosr.training.loop import predict_tile
+
+    scene = window_scene(coarse[0], aux[0], (DEM,), F, train_std=5.0)
+    with torch.no_grad():
+        got = predict_tile(pred.model, coarse[0], aux[0], NORM, (DEM,), torch.device("cpu"),
+                           scene)
+    np.testing.assert_allclose(got[0], y, atol=1e-4)
+
+
 @pytest.mark.parametrize("units, variable, scene, want", [
     ("degC", "t2m", None, True), ("", "tasmax", None, True), ("mm/day", "rainfall", None, False),
     ("", "pr", None, False), ("mm", "rainfall", True, True), ("degC", "t2m", False, False)])

@@ -134,6 +134,23 @@ def fill_aux_cells(aux: np.ndarray, specs: tuple[AuxChannelSpec, ...], factor: i
     return out
 
 
+def aux_valid_mask(aux: np.ndarray) -> np.ndarray | None:
+    """The conservation mask of the network (``fine_mask`` of
+    :meth:`~geosr.nn.generator.Generator.decode`): ``(N, 1, H, W)`` bool, the pixels
+    where every aux layer has data; ``None`` when the aux has no nodata (conservation
+    over all pixels, the fast path).
+
+    Why: the coarse value of a cell that is half sea in a DEM that stops at the coast
+    is taken as the mean over its land, as :func:`fill_aux_cells` takes it, and the
+    sea pixels (where the aux says nothing) are conserved apart. Conserving over all
+    pixels let the network's guess over the sea shift the land: measured 0.59 degC on
+    average, up to 1.6, on the coastal land of a Cornish day through a model trained
+    inland. Per pixel, so tiling does not matter.
+    """
+    bad = np.isnan(aux).any(axis=1, keepdims=True)
+    return ~bad if bad.any() else None
+
+
 def check_aux_array(aux: np.ndarray | None, specs: tuple[AuxChannelSpec, ...], n: int,
                     fine_shape: tuple[int, int], *, where: str = "model") -> None:
     """Raise a one-line error when ``aux`` does not fit the model's aux layers."""
@@ -375,7 +392,9 @@ class Predictor:
         if n == 0:
             return out
         filled = fill_nearest(coarse)
+        valid = None
         if aux is not None and self.bundle.aux:
+            valid = aux_valid_mask(aux) if self.conserve else None
             aux = fill_aux_cells(aux, self.bundle.aux, f)
         step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
         if self.scene and scenes is None:
@@ -396,7 +415,9 @@ class Predictor:
                 xc, xa, sg, mean, std = encode_batch(
                     tc, ta, self.bundle.norm, self.bundle.aux,
                     None if scenes is None else scenes[k:k + step])
-                y = self._run(xc, xa, sg, top, left, bottom, right)
+                vm = None if valid is None else torch.from_numpy(
+                    valid[k:k + step]).to(self.device)
+                y = self._run(xc, xa, sg, top, left, bottom, right, vm)
                 out[k:k + step, 0] = (y[:, :1].float() * std + mean)[:, 0].cpu().numpy()
                 if with_spread:
                     out[k:k + step, 1] = (y[:, 1:2].float() * std)[:, 0].cpu().numpy()
@@ -405,16 +426,18 @@ class Predictor:
                                  f)
         return out if with_spread else out[:, 0]
 
-    def _run(self, xc, xa, sg, top: int, left: int, bottom: int, right: int):
+    def _run(self, xc, xa, sg, top: int, left: int, bottom: int, right: int, valid=None):
         """The network on one batch (:meth:`Generator.forward` as encode, then decode);
-        with a margin, decode only the inner region."""
+        with a margin, decode only the inner region; ``valid`` the conservation mask
+        (:func:`aux_valid_mask`) or ``None``."""
         m, f, d = self.model, self.factor, self.decode_halo
         h, w = xc.shape[-2:]
         feats = m.encode(xc, m.pool_aux(xa) if xa is not None else None)
         t0, l0 = top - min(d, top), left - min(d, left)
         b1, r1 = h - bottom + min(d, bottom), w - right + min(d, right)
         a = xa[..., t0 * f:b1 * f, l0 * f:r1 * f] if xa is not None else None
+        vm = valid[..., t0 * f:b1 * f, l0 * f:r1 * f] if valid is not None else None
         y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a, scene_gain=sg,
-                     strip_px=self.strip_px)
+                     strip_px=self.strip_px, fine_mask=vm)
         it, il = top - t0, left - l0
         return y[..., it * f:(it + h - top - bottom) * f, il * f:(il + w - left - right) * f]

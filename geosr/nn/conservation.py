@@ -39,13 +39,17 @@ def conserve(fine: torch.Tensor, coarse: torch.Tensor, factor: int,
         coarse: ``(N, C, h, w)`` target block means.
         factor: block size in fine pixels.
         valid_mask: optional ``(N, 1, H, W)`` (or ``(N, C, H, W)``), bool or 0/1: the
-            mean is taken over valid fine cells only (masked mean). The correction is
-            added to every cell of the block, valid or not.
+            valid and the invalid cells of a block are shifted apart, each so that its
+            mean is ``coarse``. Why both: the valid cells are where the coarse value
+            holds (e.g. the land, where the aux has data); the invalid ones are still
+            output (the sea), and they average to the coarse value too, so that a later
+            conservation over all cells (after tiles are blended) moves neither part.
 
     Returns:
-        ``(N, C, H, W)``, same dtype. Blocks with no valid cell, and blocks whose
-        coarse value is not finite, are left unchanged (as in
-        :func:`geosr.arrays.conserve_blocks`). Differentiable.
+        ``(N, C, H, W)``, same dtype. Blocks whose coarse value is not finite are left
+        unchanged (as in :func:`geosr.arrays.conserve_blocks`); a block without any
+        valid cell is conserved over all its cells. A part whose mean is not finite (a
+        NaN cell) is left unchanged and does not leak into the other. Differentiable.
 
     Raises:
         ValueError: on inconsistent shapes or a non-positive ``factor``.
@@ -55,13 +59,22 @@ def conserve(fine: torch.Tensor, coarse: torch.Tensor, factor: int,
         delta = coarse.double() - block_sum(fine, factor) / factor**2
     else:
         m = valid_mask.expand_as(fine) > 0
-        count = block_sum(m, factor)
-        # where(): no 0/0 in the forward pass nor NaN in the gradient of empty blocks
-        total = block_sum(torch.where(m, fine, torch.zeros_like(fine)), factor)
-        mean = total / torch.where(count > 0, count, torch.ones_like(count))
-        delta = torch.where(count > 0, coarse.double() - mean, torch.zeros_like(mean))
+        return fine + torch.where(m, repeat_blocks(_masked_delta(fine, coarse, factor, m), factor),
+                                  repeat_blocks(_masked_delta(fine, coarse, factor, ~m), factor))
     delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta)).to(fine.dtype)
     return fine + repeat_blocks(delta, factor)
+
+
+def _masked_delta(fine: torch.Tensor, coarse: torch.Tensor, factor: int,
+                  m: torch.Tensor) -> torch.Tensor:
+    """Per block, ``coarse`` minus the mean of the cells in ``m`` (0 where there are none,
+    or where it is not finite), in ``fine``'s dtype."""
+    count = block_sum(m, factor)
+    # where(): no 0/0 in the forward pass nor NaN in the gradient of empty blocks
+    total = block_sum(torch.where(m, fine, torch.zeros_like(fine)), factor)
+    mean = total / torch.where(count > 0, count, torch.ones_like(count))
+    delta = torch.where(count > 0, coarse.double() - mean, torch.zeros_like(mean))
+    return torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta)).to(fine.dtype)
 
 
 def block_sum(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -45,7 +45,7 @@ from geosr.dataset.manifest import Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
-from geosr.model.predictor import encode_batch, fill_aux_cells
+from geosr.model.predictor import aux_valid_mask, encode_batch, fill_aux_cells
 from geosr.training.checkpoint import _fingerprint, _load_checkpoint, _write_checkpoint, _write_logs
 from geosr.training.config import (
     DEFAULT_PATCH,
@@ -329,6 +329,17 @@ def _fine(w: Window, f: int) -> Window:
     return Window(int(w.col_off) * f, int(w.row_off) * f, int(w.width) * f, int(w.height) * f)
 
 
+def _valid_mask(model, aux: np.ndarray | None, specs, device):
+    """The conservation mask of a batch (:func:`~geosr.model.predictor.aux_valid_mask`,
+    as :class:`~geosr.model.predictor.Predictor` uses it) as a tensor, or ``None``."""
+    import torch
+
+    if not specs or aux is None or getattr(model, "conservation", None) is None:
+        return None
+    vm = aux_valid_mask(aux)
+    return None if vm is None else torch.from_numpy(vm).to(device)
+
+
 def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
                  specs: tuple[AuxChannelSpec, ...], device, scene=None) -> np.ndarray:
     """The model on one window (eval mode, no grad): ``(C, H, W)`` in physical units.
@@ -342,9 +353,10 @@ def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
     tc = torch.from_numpy(fill_nearest(coarse))[None, None].to(device)
     f = aux.shape[-1] // coarse.shape[-1]
     ta = torch.from_numpy(fill_aux_cells(aux[None], specs, f)).to(device) if specs else None
+    vm = _valid_mask(model, aux[None], specs, device)
     xc, xa, sg, mean, std = encode_batch(tc, ta, norm, specs,
                                          [scene] if scene is not None else None)
-    y = model(xc, xa, scene_gain=sg).float()
+    y = model(xc, xa, scene_gain=sg, fine_mask=vm).float()
     y = torch.cat([y[:, :1] * std + mean, y[:, 1:] * std], dim=1)
     return y[0].cpu().numpy()
 
@@ -687,6 +699,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
             aux = fill_aux_cells(batch.aux, specs, f) if specs else None
+            vm = _valid_mask(model, batch.aux, specs, device)
             batch_scenes = [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None
             if augmenter is not None:
                 batch_scenes = augmenter(batch.coarse, batch.target, aux,
@@ -699,7 +712,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             mask = torch.isfinite(tgt)
             tgt = torch.nan_to_num((tgt - mu) / sd, nan=0.0)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = ddp_model(xc, xa, scene_gain=sg)
+                pred = ddp_model(xc, xa, scene_gain=sg, fine_mask=vm)
             pred = pred.float()
             spread = None
             if cfg.probabilistic:  # the mean learns from recon_loss alone, the spread from CRPS
