@@ -161,7 +161,7 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
               bounds: Bounds | None = None, time: TimeInput = None,
               conserve: bool | None = None, valid_range: Any = None, tile: int | None = None,
               overlap: int | None = None, device: str = "auto", workers: int | None = None,
-              scheduler: str | None = None,
+              scheduler: str | None = None, cell_mean: str = "auto",
               overwrite: bool = False, categorical: Sequence[str] = (),
               progress: Progress | None = None, chunks: Any = True):
     """Downscale one coarse raster onto the fine grid; return it as a DataArray.
@@ -188,6 +188,11 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
             for precipitation units.
         tile, overlap: tile core and blended overlap in fine pixels.
         device, workers, scheduler: where the work runs (see ``geosr downscale --help``).
+        cell_mean: what a coarse value is the mean of where an aux layer is partly nodata
+            in the cell (the sea beyond a DEM's coast), for a network: ``"aux"`` the
+            pixels where the aux has data (a land-only product), ``"cell"`` the whole
+            cell (reanalysis, climate models), ``"auto"`` (default) ``"aux"`` when the
+            input has nodata cells.
         overwrite: replace an existing ``out``.
         categorical: aux names that hold classes (class rasters are also detected).
         progress: ``callback(stage, done, total)``; ``done`` and ``total`` count output
@@ -200,10 +205,15 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
         output's units and provenance attributes (``GEOSR_*``). Without ``out`` it is in
         memory; for outputs larger than memory, pass ``out`` and get a lazy array back.
     """
-    from geosr.inference.config import DownscaleConfig, Method
+    from geosr.inference.config import CellMean, DownscaleConfig, Method
     from geosr.inference.run import downscale as run
     from geosr.io.dataarray import open_output, spooled
 
+    try:
+        cell = CellMean(cell_mean)
+    except ValueError:
+        raise InputError(f"cell_mean {cell_mean!r}: expected one of "
+                         f"{', '.join(c.value for c in CellMean)}") from None
     with spooled() as sp:
         paths = _paths(coarse, sp, what="coarse")
         if len(paths) != 1:
@@ -217,7 +227,7 @@ def downscale(coarse: Raster, *, aux: AuxInput = None, model: str | os.PathLike 
             method=Method(method) if method is not None else None, res_m=res, factor=factor,
             crs=crs, bounds=bounds, time=_time(time), tile_px=tile, overlap_px=overlap,
             device=device, workers=workers, scheduler=scheduler, conserve=conserve,
-            valid_range=_valid_range(valid_range), overwrite=overwrite)
+            cell_mean=cell, valid_range=_valid_range(valid_range), overwrite=overwrite)
         run(cfg, progress=progress)
         if out is None:
             return open_output(dst, chunks=None, load=True)

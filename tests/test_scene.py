@@ -233,17 +233,21 @@ def test_aux_nodata_takes_its_cell_mean_not_the_training_mean(tmp_path):
 
 
 def test_conservation_keeps_the_land_of_a_coastal_cell_apart_from_its_sea(tmp_path):
-    """Where the aux is nodata (the sea beyond a DEM's coast) the network's values are
-    conserved apart: the land of the cell averages to the coarse value, and so does
-    its sea, whatever the network puts there."""
+    """With ``mean_over_aux`` (a land-only coarse product), where the aux is nodata (the
+    sea beyond a DEM's coast) the network's values are conserved apart: the land of the
+    cell averages to the coarse value, and so does its sea, whatever the network puts
+    there. Without it, the whole cell does."""
     aux = np.full((1, 1, 2 * F, 2 * F), 100.0, np.float32)
     aux[0, 0] += np.linspace(0, 900, 4 * F * F).reshape(2 * F, 2 * F)
     aux[0, 0, :F // 2, :F] = np.nan  # half a cell of sea
     aux[0, 0, F:, F:] = np.nan       # a cell of sea only
     coarse = np.array([[[10.0, 12.0], [8.0, 11.0]]], np.float32)
     pred = Predictor(load_bundle(_scene_bundle(tmp_path / "m.geosr")), conserve=True)
-    y = pred.predict(coarse, aux)[0]
+    y = pred.predict(coarse, aux, mean_over_aux=True)[0]
+    whole = pred.predict(coarse, aux)[0]
+    np.testing.assert_allclose(block_mean(whole, F), coarse[0], atol=1e-4)
     sea = np.isnan(aux[0, 0])
+    assert abs(whole[:F, :F][~sea[:F, :F]].mean() - coarse[0, 0, 0]) > 1e-3  # land apart
     assert np.isfinite(y).all()
     for i in range(2):
         for j in range(2):
@@ -258,7 +262,7 @@ def test_conservation_keeps_the_land_of_a_coastal_cell_apart_from_its_sea(tmp_pa
     scene = window_scene(coarse[0], aux[0], (DEM,), F, train_std=5.0)
     with torch.no_grad():
         got = predict_tile(pred.model, coarse[0], aux[0], NORM, (DEM,), torch.device("cpu"),
-                           scene)
+                           scene, mean_over_aux=True)
     np.testing.assert_allclose(got[0], y, atol=1e-4)
 
 

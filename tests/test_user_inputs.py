@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from geosr.cli import app
 from geosr.dataset.prepare import PrepareConfig, prepare
 from geosr.errors import BundleError, InputError
-from geosr.inference.config import DownscaleConfig, Method
+from geosr.inference.config import CellMean, DownscaleConfig, Method
 from geosr.inference.run import downscale
 from geosr.io.read import raster_info
 from geosr.sources import LayerSpec
@@ -365,6 +365,18 @@ def test_downscale_bounds(tmp_path):
         assert tuple(src.bounds) == (603_000, 5_147_000, 635_000, 5_171_000)
 
 
+def test_cell_mean_choices_are_checked(tmp_path):
+    from geosr import api
+
+    coarse_path, dem_path, _ = _scene(tmp_path)
+    r = CliRunner().invoke(app, ["downscale", str(coarse_path), "--aux", str(dem_path),
+                                 "--cell-mean", "land", "-o", str(tmp_path / "o.tif")])
+    assert r.exit_code == 2 and "--cell-mean" in r.stderr and "land" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(InputError, match="cell_mean 'land'.*aux, cell"):
+        api.downscale(str(coarse_path), aux=[str(dem_path)], cell_mean="land")
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -440,24 +452,31 @@ def test_shipped_model_warns_on_cornish_days_not_on_swiss_months(real_data, tmp_
 
 @pytest.mark.realdata
 def test_coastal_cells_conserve_over_the_land_where_the_dem_has_data(real_data, tmp_path):
-    """A Cornish day (HadUK land-only tasmax in 16 km cells) with a DEM that stops at
-    the coast: the network's pixels over the sea (DEM nodata) are conserved apart from
-    the land, so each coastal cell's land averages to its coarse value. Measured on
-    this day through alps-t2m: land pixels RMSE 0.587 degC, bias -0.239 and coastal
-    land means up to 1.45 degC off when all pixels shared one conservation; 0.334,
-    -0.039 and 1e-6 now."""
+    """A Cornish day (HadUK land-only tasmax in 16 km cells, nodata over the sea) with a
+    DEM that stops at the coast: ``--cell-mean auto`` takes the input for a land-only
+    product, so the network's pixels over the sea (DEM nodata) are conserved apart
+    from the land and each coastal cell's land averages to its coarse value. Measured
+    on this day through alps-t2m: land pixels RMSE 0.587 degC, bias -0.239 and coastal
+    land means up to 1.45 degC off when all pixels shared one conservation (``cell``);
+    0.334, -0.039 and 1e-6 with ``aux``."""
     from rasterio.vrt import WarpedVRT
 
     hk = real_data / "haduk-cornwall-1km-may2018"
     with np.errstate(all="ignore"):
         c = _block_mean_16(hk / "target" / "tasmax1km.tif", tmp_path / "uk.tif")  # day 1
-    out = tmp_path / "o.tif"
-    downscale(DownscaleConfig(coarse=(str(tmp_path / "uk.tif"),),
-                              aux=(LayerSpec("dem", str(hk / "aux" / "dtmm.tif")),), out=out,
-                              res_m=1000, model="alps-t2m"))
+    runs = {}
+    for cell_mean in (CellMean.auto, CellMean.cell):
+        out = tmp_path / f"o_{cell_mean.value}.tif"
+        downscale(DownscaleConfig(coarse=(str(tmp_path / "uk.tif"),),
+                                  aux=(LayerSpec("dem", str(hk / "aux" / "dtmm.tif")),),
+                                  out=out, res_m=1000, model="alps-t2m", cell_mean=cell_mean))
+        with rasterio.open(out) as o:
+            runs[cell_mean.value] = o.read(1, masked=True).filled(np.nan)
+            assert o.tags()["GEOSR_CELL_MEAN"] == ("aux" if cell_mean is CellMean.auto
+                                                   else "cell")
+    y = runs["auto"]
     grids = {}
     with rasterio.open(out) as o:
-        y = o.read(1, masked=True).filled(np.nan)
         for name, path in (("dem", hk / "aux" / "dtmm.tif"), ("truth", hk / "target" /
                                                                 "tasmax1km.tif")):
             with rasterio.open(path) as src, WarpedVRT(src, crs=o.crs, transform=o.transform,
@@ -477,6 +496,12 @@ def test_coastal_cells_conserve_over_the_land_where_the_dem_has_data(real_data, 
     v = np.isfinite(y) & np.isfinite(grids["truth"]) & np.isfinite(grids["dem"])
     err = (y - grids["truth"])[v]
     assert abs(err.mean()) < 0.1 and np.sqrt(np.mean(err ** 2)) < 0.4
+    whole = runs["cell"][:h * 16, :w * 16].reshape(h, 16, w, 16).mean(axis=(1, 3))
+    assert np.abs(whole - c)[coastal].max() < 1e-3
+    with np.errstate(all="ignore"):
+        land_whole = np.where(land, runs["cell"][:h * 16, :w * 16].reshape(h, 16, w, 16),
+                              0).sum(axis=(1, 3)) / n_land
+    assert np.abs(land_whole - c)[coastal].max() > 0.5
 
 
 @pytest.mark.realdata

@@ -19,7 +19,7 @@ from geosr.cli.options import (
     parse_valid_range,
 )
 from geosr.device import DeviceChoice
-from geosr.inference.config import METHOD_LABELS, DownscaleConfig, Method
+from geosr.inference.config import METHOD_LABELS, CellMean, DownscaleConfig, Method
 
 EPILOG = """Examples:
 
@@ -98,6 +98,13 @@ def downscale_cmd(
     conserve: bool = typer.Option(None, "--conserve/--no-conserve", help="Make each coarse "
                                   "cell's mean of the output equal the input (default: on, "
                                   "except for bicubic)."),
+    cell_mean: CellMean = typer.Option(
+        CellMean.auto, "--cell-mean", case_sensitive=False,
+        help="What a coarse value is the mean of in a cell where an aux layer is partly "
+             "nodata (the sea beyond a DEM's coast), for a network: aux = the pixels where the "
+             "aux has data (a land-only product: station grids, ERA5-Land), cell = the whole "
+             "cell (reanalysis, climate models); auto = aux when the input has nodata cells, "
+             "else cell."),
     valid_range: str = typer.Option(
         None, "--valid-range", metavar="MIN:MAX",
         help="Keep every output pixel in this range while conserving, e.g. 0: (non-negative), "
@@ -125,7 +132,7 @@ def downscale_cmd(
         bounds=tuple(bounds) if bounds else None,
         time=parse_time_range(time) if time is not None else None, tile_px=tile,
         overlap_px=overlap, device=device.value, workers=workers, scheduler=scheduler,
-        conserve=conserve,
+        conserve=conserve, cell_mean=cell_mean,
         valid_range=parse_valid_range(valid_range) if valid_range is not None else None,
         overwrite=overwrite, command=shlex.join(["geosr", *sys.argv[1:]]),
         quantiles=parse_quantiles(quantiles) if quantiles is not None else (),

@@ -28,6 +28,17 @@ class Method(str, Enum):
     bicubic = "bicubic"
 
 
+class CellMean(str, Enum):
+    """Values of ``--cell-mean``: what a coarse value is the mean of, in a cell where an
+    aux layer is partly nodata (the sea beyond a DEM's coast). A network's pixels there
+    are conserved apart from the rest with ``aux`` (each part averages to the coarse
+    value), together with ``cell``."""
+
+    auto = "auto"  # aux when the input has nodata cells, else cell
+    aux = "aux"    # the pixels where the aux has data: a land-only product
+    cell = "cell"  # the whole cell: reanalysis, climate models
+
+
 METHOD_LABELS = {
     Method.net: "network",
     Method.sharpen: "regression sharpening",
@@ -83,6 +94,8 @@ class DownscaleConfig:
         workers: local tile threads (default ``min(4, CPUs)``).
         scheduler: dask scheduler address (``tcp://host:port``) or scheduler-file path.
         conserve: force the conservation correction on/off (None: method default).
+        cell_mean: what a coarse value is the mean of where an aux layer is partly
+            nodata inside the cell (:class:`CellMean`; a network's conservation).
         valid_range: bounds every output pixel is kept in, conserving
             (:mod:`geosr.constraints`); None: the model's, else the input's CF
             ``valid_range``, else ``0:`` for precipitation units, else none.
@@ -117,6 +130,7 @@ class DownscaleConfig:
     workers: int | None = None
     scheduler: str | None = None
     conserve: bool | None = None
+    cell_mean: CellMean = CellMean.auto
     valid_range: ValidRange | None = None
     overwrite: bool = False
     command: str = ""

@@ -52,6 +52,8 @@ class TileJob:
         scenes: per band of the group being predicted, its
             :class:`~geosr.model.scene.Scene` (a scene-adaptive model): statistics of the
             whole band, so that every tile sees the same ones.
+        cell_mean: ``CellMean`` value; ``aux``: a network conserves the pixels where the
+            aux has data apart from the others (``auto`` is resolved before tiles run).
     """
 
     method: Method
@@ -66,6 +68,7 @@ class TileJob:
     context: int = 0
     spread: bool = False
     scenes: tuple[Any, ...] = ()
+    cell_mean: str = "cell"
 
 
 def context_margin(job: TileJob, read: Window) -> tuple[int, int, int, int]:
@@ -169,6 +172,8 @@ def predict_tiles(job: TileJob, tiles: Sequence[Tile], coarse_wins: Sequence[np.
     outs = []
     for k in range(0, coarse.shape[0], max(1, job.batch)):
         extra: dict[str, Any] = {"with_spread": True} if job.spread else {}
+        if job.cell_mean == "aux":
+            extra["mean_over_aux"] = True
         if scenes is not None:
             extra["scenes"] = scenes[k:k + job.batch]
         outs.append(np.asarray(predictor.predict(

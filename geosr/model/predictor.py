@@ -339,7 +339,8 @@ class Predictor:
 
     def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
                 margin: tuple[int, int, int, int] = (0, 0, 0, 0),
-                with_spread: bool = False, scenes=None) -> np.ndarray:
+                with_spread: bool = False, scenes=None,
+                mean_over_aux: bool = False) -> np.ndarray:
         """Downscale a batch of coarse windows.
 
         Args:
@@ -358,6 +359,10 @@ class Predictor:
                 scene-adaptive model takes each window as its own scene, so the output
                 then depends on the window: the downscale engine passes whole-band
                 scenes.
+            mean_over_aux: a coarse value is the mean over the pixels where every aux
+                layer has data (a land-only product beside a DEM that stops at the
+                coast): with conservation, those pixels and the others are conserved
+                apart (:func:`aux_valid_mask`). ``False``: over the whole cell.
 
         Returns:
             ``(N, h*f, w*f)`` float32 in physical units (the inner region with a
@@ -394,7 +399,7 @@ class Predictor:
         filled = fill_nearest(coarse)
         valid = None
         if aux is not None and self.bundle.aux:
-            valid = aux_valid_mask(aux) if self.conserve else None
+            valid = aux_valid_mask(aux) if self.conserve and mean_over_aux else None
             aux = fill_aux_cells(aux, self.bundle.aux, f)
         step = max(1, MAX_PREDICT_PX // max(h * f * w * f, 1))
         if self.scene and scenes is None:

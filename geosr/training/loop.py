@@ -329,31 +329,35 @@ def _fine(w: Window, f: int) -> Window:
     return Window(int(w.col_off) * f, int(w.row_off) * f, int(w.width) * f, int(w.height) * f)
 
 
-def _valid_mask(model, aux: np.ndarray | None, specs, device):
+def _valid_mask(model, aux: np.ndarray | None, specs, device, mean_over_aux: bool):
     """The conservation mask of a batch (:func:`~geosr.model.predictor.aux_valid_mask`,
-    as :class:`~geosr.model.predictor.Predictor` uses it) as a tensor, or ``None``."""
+    as :class:`~geosr.model.predictor.Predictor` uses it with ``mean_over_aux``) as a
+    tensor, or ``None``."""
     import torch
 
-    if not specs or aux is None or getattr(model, "conservation", None) is None:
+    if not (mean_over_aux and specs) or aux is None \
+            or getattr(model, "conservation", None) is None:
         return None
     vm = aux_valid_mask(aux)
     return None if vm is None else torch.from_numpy(vm).to(device)
 
 
 def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
-                 specs: tuple[AuxChannelSpec, ...], device, scene=None) -> np.ndarray:
+                 specs: tuple[AuxChannelSpec, ...], device, scene=None, *,
+                 mean_over_aux: bool = False) -> np.ndarray:
     """The model on one window (eval mode, no grad): ``(C, H, W)`` in physical units.
 
     ``coarse (h, w)`` and ``aux (A, H, W)`` in physical units; ``scene`` the band's
-    :class:`~geosr.model.scene.Scene` for a scene-adaptive model. Channel 1 (a
-    probabilistic model's spread) is scaled but not shifted.
+    :class:`~geosr.model.scene.Scene` for a scene-adaptive model; ``mean_over_aux`` as
+    in :meth:`~geosr.model.predictor.Predictor.predict`. Channel 1 (a probabilistic
+    model's spread) is scaled but not shifted.
     """
     import torch
 
     tc = torch.from_numpy(fill_nearest(coarse))[None, None].to(device)
     f = aux.shape[-1] // coarse.shape[-1]
     ta = torch.from_numpy(fill_aux_cells(aux[None], specs, f)).to(device) if specs else None
-    vm = _valid_mask(model, aux[None], specs, device)
+    vm = _valid_mask(model, aux[None], specs, device, mean_over_aux)
     xc, xa, sg, mean, std = encode_batch(tc, ta, norm, specs,
                                          [scene] if scene is not None else None)
     y = model(xc, xa, scene_gain=sg, fine_mask=vm).float()
@@ -363,10 +367,12 @@ def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
 
 def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
              specs: tuple[AuxChannelSpec, ...], norm: dict, device, *,
-             baseline: bool = False, scenes: dict | None = None) -> tuple[dict, dict | None]:
+             baseline: bool = False, scenes: dict | None = None,
+             mean_over_aux: bool = False) -> tuple[dict, dict | None]:
     """Predict the validation data tile by tile; metrics in the target's physical units.
 
-    ``scenes``: per band, its :class:`~geosr.model.scene.Scene` (a scene-adaptive model).
+    ``scenes``: per band, its :class:`~geosr.model.scene.Scene` (a scene-adaptive model);
+    ``mean_over_aux``: see :func:`predict_tile`.
 
     Returns:
         (network metrics, bilinear-interpolation metrics on the same pixels or None).
@@ -394,7 +400,8 @@ def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
                     if not np.isfinite(coarse).any():
                         continue
                     pred = predict_tile(model, coarse, aux, norm, specs, device,
-                                        scenes.get(band) if scenes else None)[0]
+                                        scenes.get(band) if scenes else None,
+                                        mean_over_aux=mean_over_aux)[0]
                     nanc = ~np.isfinite(coarse)
                     pred[np.repeat(np.repeat(nanc, f, 0), f, 1)] = np.nan
                     acc.add(pred[ys, xs], truth)
@@ -557,6 +564,12 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     notify = progress if (progress is not None and dist.is_main) else (lambda ev: None)
 
     count = reader.coarse_valid_count(tuple(s.band for s in manifest.samples))
+    # As downscale's --cell-mean auto: coarse data with nodata cells are a land-only
+    # product, whose values are means over where the aux has data (geosr.inference.run).
+    mean_over_aux = bool((count < len(manifest.samples)).any())
+    log.info("coarse data %s: a network pixel where an aux layer is nodata is conserved %s",
+             "with nodata cells" if mean_over_aux else "with data in every cell",
+             "apart (--cell-mean aux)" if mean_over_aux else "with its cell (--cell-mean cell)")
     split = make_split(manifest, val_samples=tuple(cfg.val_samples),
                        val_fraction=cfg.val_fraction, val_block=cfg.val_block,
                        coarse_valid=count > 0)
@@ -680,6 +693,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
             "scene": bool(net_cfg.scene), "aux_ranges": _aux_ranges(manifest, specs),
+            "cell_mean": "aux" if mean_over_aux else "cell",
             "scene_ranges": scene_ranges({b: all_scenes[b] for b in split.train_bands}, specs),
             **({"spread_calibration": calibration} if calibration else {}),
         }
@@ -699,7 +713,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
             batch = read_batch(reader, plan, picks, f, transforms=tforms)
             aux = fill_aux_cells(batch.aux, specs, f) if specs else None
-            vm = _valid_mask(model, batch.aux, specs, device)
+            vm = _valid_mask(model, batch.aux, specs, device, mean_over_aux)
             batch_scenes = [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None
             if augmenter is not None:
                 batch_scenes = augmenter(batch.coarse, batch.target, aux,
@@ -765,7 +779,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                         "partial": partial}
         if dist.is_main:
             metrics, base = validate(model, reader, manifest, split, specs, norm, device,
-                                     baseline=baseline is None, scenes=scenes)
+                                     baseline=baseline is None, scenes=scenes,
+                                     mean_over_aux=mean_over_aux)
             if base is not None:
                 baseline = base
             record.update(val_rmse=metrics["rmse"], val_mae=metrics["mae"],
@@ -810,7 +825,7 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
         if cfg.probabilistic:
             model.load_state_dict(best_state)
             calibration = spread_calibration(model, reader, manifest, split, specs, norm, device,
-                                             scenes=scenes)
+                                             scenes=scenes, mean_over_aux=mean_over_aux)
             best_state = dict(best_state)
             best_state["spread_head.scale"] = best_state["spread_head.scale"] * calibration["scale"]
             log.info("spread calibrated on the validation data: x%.3f (90%% interval coverage "

@@ -26,8 +26,9 @@ MAX_SAMPLES = 2_000_000
 
 
 def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
-                       scenes: dict | None = None) -> dict:
-    """The spread factor and the validation coverage before and after it.
+                       scenes: dict | None = None, mean_over_aux: bool = False) -> dict:
+    """The spread factor and the validation coverage before and after it
+    (``mean_over_aux``: see :func:`~geosr.training.loop.predict_tile`).
 
     Returns:
         ``{"scale", "coverage_raw", "coverage", "n"}``; ``scale`` 1 when the validation
@@ -54,7 +55,8 @@ def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
                     if not (np.isfinite(truth).any() and np.isfinite(coarse).any()):
                         continue
                     y = predict_tile(model, coarse, aux, norm, specs, device,
-                                     scenes.get(band) if scenes else None)
+                                     scenes.get(band) if scenes else None,
+                                     mean_over_aux=mean_over_aux)
                     z = (truth - y[0][ys, xs]) / y[1][ys, xs]
                     zs.append(np.abs(z[np.isfinite(z)]))
     finally:
