@@ -329,3 +329,5 @@ def test_train_records_the_scene_ranges_of_every_network(tmp_path, scene):
     rec = load_bundle(tmp_path / "m.geosr").training["scene_ranges"]
     assert rec["n"] >= 1 and rec["gain"]["dem"][0] < 0 and rec["std"][0] > 0
     assert json.loads((tmp_path / "m.log.json").read_text())["scene_ranges"] == rec
+    # the coarse data have a value in every cell: conserved over whole cells
+    assert load_bundle(tmp_path / "m.geosr").training["cell_mean"] == "cell"
