@@ -216,11 +216,15 @@ def evaluate(exp: Experiment, models: dict[str, Path]) -> dict[str, dict]:
         for name in ("bicubic", "sharpen"):
             preds[f"{name} 0:"] = bounded_conserve(preds[name].astype(np.float32),
                                                    coarse, f, lo=0.0)
+    # as `downscale --cell-mean auto` (and `train`) decide: coarse data with nodata cells
+    # are means over where the aux has data, whose pixels are conserved apart
+    land = bool(np.isnan(coarse).any())
     for name, path in models.items():
         predictor = Predictor(load_bundle(path), device="cpu")
         stack = np.stack([aux[a] for a in predictor.aux_names]) if predictor.aux_names else None
         preds[name] = np.stack([
-            predictor.predict(c[None], None if stack is None else stack[None])[0] for c in coarse])
+            predictor.predict(c[None], None if stack is None else stack[None],
+                              mean_over_aux=land)[0] for c in coarse])
     ok = np.isfinite(truth)
     for p in preds.values():
         ok &= np.isfinite(p)

@@ -34,6 +34,13 @@ Cases (``../shared/data/real``):
 - ``ref-ch``: perfect-model reference: trained on TmaxM 2023-05 at 16 km -> 1 km, tested
   on TabsM 2023-05 (same month, related variable).
 
+Two-region cases (run when named in ``--cases``): one model trained on the ``region``
+case's Swiss dataset and the ``period-uk`` case's Cornish one together (``geosr train
+DS1 DS2``, the same budget), tested like each region's own model:
+
+- ``general-ch`` beside ``period-ch8`` (TminY 2022 at 8 km -> 1 km, the Swiss-only
+  model), ``general-uk`` beside ``period-uk``, ``general-var`` beside ``variable-uk``.
+
     OMP_NUM_THREADS=1 python benchmarks/generalisation.py [--cases period-ch ...]
         [--nets net-fixed net-scene net-slope net-slope5] [--minutes 3] [--seed 0]
         [--work /tmp/geosr-gen] [--retrain] [--json FILE]
@@ -89,6 +96,7 @@ class Training:
     dem: Path
     factor: int
     time: tuple[str, str] | None = None
+    parts: tuple[str, ...] = ()  # trained on these training sets together (their datasets)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,9 @@ def trainings() -> dict[str, Training]:
         Training("uk8", "HadUK tasmax days 1-21 (default split: trains on 1-17, best epoch "
                  "on 18-21), 8 km -> 1 km",
                  (UK / "target" / "tasmax1km.tif",), UK_DEM, 8, UK_TRAIN),
+        Training("general8", "two regions together: ch8 (MeteoSwiss TabsM+TmaxM) and uk8 "
+                 "(HadUK tasmax days 1-21), each split as alone, 8 km -> 1 km",
+                 (), CH_DEM, 8, parts=("ch8", "uk8")),
     )}
 
 
@@ -139,12 +150,28 @@ def cases() -> dict[str, Case]:
              offset_km=(6, 10)),
         Case("ref-ch", "perfect-model", "MeteoSwiss TabsM 2023-05, 16 km -> 1 km (trained on "
              "TmaxM 2023-05)", "ch16-tmax", tabs, (1,), CH_DEM, 16),
+        # one model for two regions (train DS1 DS2): each region's cross case beside the
+        # same case of its own region's model
+        Case("period-ch8", "period", "MeteoSwiss TminY 2022, 8 km -> 1 km (trained on TabsM+"
+             "TmaxM 2023-05)", "ch8", tmin_y, (1,), CH_DEM, 8),
+        Case("general-ch", "period", "MeteoSwiss TminY 2022, 8 km -> 1 km (the two-region "
+             "model)", "general8", tmin_y, (1,), CH_DEM, 8),
+        Case("general-uk", "period", "HadUK tasmax days 22-31, 8 km -> 1 km (the two-region "
+             "model)", "general8", tasmax, UK_TEST_BANDS, UK_DEM, 8),
+        Case("general-var", "variable", "HadUK tasmin days 22-31, 8 km -> 1 km (the "
+             "two-region model)", "general8", tasmin, UK_TEST_BANDS, UK_DEM, 8),
     )}
+
+
+DEFAULT_CASES = ("period-ch", "period-uk", "variable-uk", "region", "scale-ch", "ref-ch")
+"""The protocol's six cases; the two-region ones run when named in ``--cases``."""
 
 
 # -- training ---------------------------------------------------------------------------
 
-def prepared(t: Training, work: Path) -> Path:
+def prepared(t: Training, work: Path) -> Path | list[Path]:
+    if t.parts:
+        return [prepared(trainings()[k], work) for k in t.parts]
     out = work / "data" / t.key
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "manifest.json").exists():
@@ -298,7 +325,7 @@ def summary(report: list[dict], nets: tuple[str, ...]) -> str:
 def main() -> None:
     keys = list(cases())
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=keys, choices=keys)
+    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=keys)
     ap.add_argument("--minutes", type=float, default=3.0,
                     help="training time cap per network (minutes)")
     ap.add_argument("--seed", type=int, default=0)

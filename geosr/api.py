@@ -124,12 +124,14 @@ def prepare(*, out: str | os.PathLike, coarse: Raster | Sequence[Raster] | None 
         return run(cfg, progress=progress)
 
 
-def train(dataset: str | os.PathLike, *, out: str | os.PathLike, progress: Progress | None = None,
-          **options: Any):
-    """Train the network on a prepared dataset and write a model bundle.
+def train(dataset: str | os.PathLike | Sequence[str | os.PathLike], *, out: str | os.PathLike,
+          progress: Progress | None = None, **options: Any):
+    """Train the network on prepared datasets and write a model bundle.
 
     Args:
-        dataset: prepared dataset folder (from :func:`prepare`, with a target).
+        dataset: prepared dataset folder (from :func:`prepare`, with a target), or several
+            (other regions or periods: the same factor, resolution, units and aux layers),
+            trained on together.
         out: model bundle to write (``.geosr``); the checkpoint and logs go beside it.
         progress: callback receiving :class:`geosr.training.config.TrainEvent` updates.
         **options: any field of :class:`geosr.training.config.TrainConfig`, e.g.
@@ -144,14 +146,19 @@ def train(dataset: str | os.PathLike, *, out: str | os.PathLike, progress: Progr
     from geosr.training.config import TrainConfig
     from geosr.training.loop import train as run
 
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "out"}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "more_datasets",
+                                                                   "out"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"train: unknown option(s) {', '.join(unknown)}; expected fields of "
                          f"TrainConfig: {', '.join(sorted(known))}")
     if "aux" in options and options["aux"] is not None:
         options["aux"] = tuple(options["aux"])
-    cfg = TrainConfig(dataset=Path(dataset), out=Path(out), **options)
+    paths = ([Path(d) for d in dataset] if isinstance(dataset, Sequence)
+             and not isinstance(dataset, str) else [Path(dataset)])
+    if not paths:
+        raise InputError("train: no dataset given; expected a prepared dataset folder")
+    cfg = TrainConfig(dataset=paths[0], more_datasets=tuple(paths[1:]), out=Path(out), **options)
     return run(cfg, progress=progress)
 
 

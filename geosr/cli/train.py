@@ -110,8 +110,10 @@ def _renderer(ctx: typer.Context, *, enabled: bool) -> Iterator:
 @app.command(name="train", cls=GeosrCommand, epilog=EPILOG, no_args_is_help=True)
 def train_cmd(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., metavar="PREPARED_DIR",
-                                   help="Prepared dataset with a target (`geosr prepare`)."),
+    datasets: list[Path] = typer.Argument(
+        ..., metavar="PREPARED_DIR...",
+        help="Prepared dataset(s) with a target (`geosr prepare`); several (other regions, "
+             "periods) train one model together: same factor, resolution, units and aux."),
     out: Path = typer.Option(..., "--out", "-o", metavar="MODEL",
                              help="Model bundle to write (e.g. t2m.geosr)."),
     aux: list[str] = typer.Option(None, "--aux", "-a", metavar="NAME...",
@@ -179,11 +181,12 @@ def train_cmd(
                                 "torch's choice; 1 is often fastest on a busy machine)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Train the downscaling network on a prepared dataset and write a model bundle."""
+    """Train the downscaling network on prepared datasets and write a model bundle."""
     if no_aux and aux:
         raise InputError(f"--no-aux cannot be combined with --aux {' '.join(aux)}; expected one")
     cfg = TrainConfig(
-        dataset=dataset, out=out, aux=() if no_aux else (tuple(aux) if aux else None),
+        dataset=datasets[0], more_datasets=tuple(datasets[1:]), out=out,
+        aux=() if no_aux else (tuple(aux) if aux else None),
         epochs=epochs,
         max_minutes=max_minutes, batch_size=batch_size, patch=patch,
         val_samples=tuple(val_samples or ()), val_fraction=val_fraction, val_block=val_block,

@@ -29,7 +29,8 @@ CHECKPOINT_VERSION = 1
 
 
 def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Split,
-                 steps: int) -> dict:
+                 steps: int, *, more: list[tuple[Manifest, Split]] = ()) -> dict:
+    """What a checkpoint must match to be resumed; ``more``: the further datasets."""
     return {
         "variable": manifest.variable, "factor": manifest.factor,
         "fine_grid": manifest.fine_grid.to_dict(),
@@ -42,6 +43,9 @@ def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Sp
         "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup,
         "augment": cfg.augment, "world_size": cfg.dist.world_size,
         **({"slope_augment": cfg.slope_augment} if cfg.slope_augment else {}),
+        **({"datasets": [{"fine_grid": m.fine_grid.to_dict(),
+                          "samples": [s.id for s in m.samples], "split": sp.to_dict(m)}
+                         for m, sp in more]} if more else {}),
     }
 
 
@@ -49,7 +53,7 @@ _OPTION_NAMES = {"steps_per_epoch": "--steps-per-epoch", "batch_size": "--batch-
                  "patch": "--patch", "epochs": "--epochs", "loss": "--loss", "seed": "--seed",
                  "gan": "--gan", "aux": "--aux", "split": "the validation split",
                  "arch": "the architecture (--arch/--conserve)", "lr": "--lr",
-                 "world_size": "the number of processes"}
+                 "world_size": "the number of processes", "datasets": "the datasets"}
 
 
 def _load_checkpoint(path: Path, fingerprint: dict) -> dict:

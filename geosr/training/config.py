@@ -61,6 +61,10 @@ class TrainConfig:
 
     Attributes:
         dataset: prepared dataset folder (with a target layer).
+        more_datasets: further prepared datasets trained on together with ``dataset``
+            (other regions, periods or grids): the same factor, resolution, units and
+            aux layers; each is split for validation on its own, and every batch draws
+            its patches from the datasets in equal shares (:mod:`geosr.training.sources`).
         out: model bundle to write (``.geosr``); the checkpoint and logs go beside it.
         aux: aux layers to use, in channel order; None = all of the dataset's.
         epochs: number of epochs.
@@ -112,6 +116,7 @@ class TrainConfig:
 
     dataset: Path
     out: Path
+    more_datasets: tuple[Path, ...] = ()
     aux: tuple[str, ...] | None = None
     epochs: int = 30
     max_minutes: float | None = None
@@ -143,6 +148,11 @@ class TrainConfig:
     amp: bool = True
     threads: int | None = None
     dist: DistConfig = field(default_factory=DistConfig)
+
+    @property
+    def datasets(self) -> tuple[Path, ...]:
+        """Every training dataset, ``dataset`` first."""
+        return (Path(self.dataset), *(Path(d) for d in self.more_datasets))
 
 
 @dataclass(frozen=True)

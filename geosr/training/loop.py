@@ -27,6 +27,7 @@ and only rank 0 validates and writes files; it tells the others when to stop.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -41,7 +42,7 @@ from rasterio.windows import Window
 
 from geosr import __version__
 from geosr.arrays import fill_nearest
-from geosr.dataset.manifest import Manifest, read_manifest
+from geosr.dataset.manifest import LayerStats, Manifest, read_manifest
 from geosr.errors import BundleError, InputError, OutputExistsError, ProcessingError
 from geosr.io.atomic import check_not_input, check_output_file
 from geosr.model.bundle import AuxChannelSpec, channel_layout, save_bundle
@@ -61,8 +62,8 @@ from geosr.training.config import (
 )
 from geosr.training.data import (
     DatasetReader,
-    PatchPlan,
     Split,
+    SplitKind,
     aux_coarse_means,
     make_split,
     plan_patches,
@@ -70,6 +71,7 @@ from geosr.training.data import (
     scene_ranges,
     training_scenes,
 )
+from geosr.training.sources import Source, check_aux, check_compatible, draw, pool_stats
 from geosr.training.spread import spread_calibration
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,11 @@ def _check_options(cfg: TrainConfig) -> None:
         raise bad("--slope-augment", cfg.slope_augment, "a scale from 0 to 100 (e.g. 2)")
 
 
-def _aux_specs(manifest: Manifest, names: tuple[str, ...] | None) -> tuple[AuxChannelSpec, ...]:
+def _aux_specs(manifests: Manifest | list[Manifest], names: tuple[str, ...] | None,
+               paths: list[Path] | None = None) -> tuple[AuxChannelSpec, ...]:
+    """The model's aux layers from the (first) dataset, their statistics pooled over all."""
+    manifests = manifests if isinstance(manifests, list) else [manifests]
+    manifest = manifests[0]
     if names is None:
         names = tuple(a.name for a in manifest.aux)
     available = ", ".join(a.name for a in manifest.aux) or "none"
@@ -132,7 +138,11 @@ def _aux_specs(manifest: Manifest, names: tuple[str, ...] | None) -> tuple[AuxCh
         if layer is None:
             raise InputError(f"--aux {name!r} is not a layer of the dataset {manifest.root}; "
                              f"expected some of: {available}")
-        st = layer.stats
+    if len(manifests) > 1:
+        check_aux(paths or [m.root for m in manifests], manifests, names)
+    for name in names:
+        layer = manifest.aux_layer(name)
+        st = pool_stats([m.aux_layer(name).stats for m in manifests])
         if layer.categorical:
             if not layer.classes:
                 raise InputError(f"{manifest.root}: categorical aux {name!r} lists no classes; "
@@ -146,34 +156,42 @@ def _aux_specs(manifest: Manifest, names: tuple[str, ...] | None) -> tuple[AuxCh
     return tuple(specs)
 
 
-def _norm(manifest: Manifest, *, positive: bool = False) -> dict:
+def _field_stats(manifests: Manifest | list[Manifest]) -> LayerStats | None:
+    """The coarse field's statistics (the target's where absent), pooled over datasets."""
+    manifests = manifests if isinstance(manifests, list) else [manifests]
+    return pool_stats([m.coarse.stats if m.coarse.stats else m.target.stats
+                       for m in manifests])
+
+
+def _norm(manifests: Manifest | list[Manifest], *, positive: bool = False) -> dict:
     """One affine map for coarse input and output, so conservation holds in physical units.
 
     ``positive`` (a non-negative model): scale only, so that zero stays zero for the
     softmax constraint layer.
     """
-    st = manifest.coarse.stats if manifest.coarse.stats else manifest.target.stats
+    st = _field_stats(manifests)
     mean = float(st.mean) if st and not positive else 0.0
     std = float(st.std) if st and st.std and math.isfinite(st.std) and st.std > 0 else 1.0
     return {"coarse": {"mean": mean, "std": std}, "target": {"mean": mean, "std": std}}
 
 
-def _aux_ranges(manifest: Manifest, specs) -> dict:
-    """``{name: [min, max]}`` of each continuous aux layer over the dataset (the bundle's
+def _aux_ranges(manifests: Manifest | list[Manifest], specs) -> dict:
+    """``{name: [min, max]}`` of each continuous aux layer over the datasets (the bundle's
     record for :func:`geosr.model.domain.aux_shifts`)."""
+    manifests = manifests if isinstance(manifests, list) else [manifests]
     out = {}
     for s in specs:
-        layer = next((a for a in manifest.aux if a.name == s.name), None)
-        st = layer.stats if layer is not None else None
+        st = pool_stats([next((a.stats for a in m.aux if a.name == s.name), None)
+                         for m in manifests])
         if not s.categorical and st is not None and st.min is not None and st.max is not None:
             out[s.name] = [float(st.min), float(st.max)]
     return out
 
 
-def _coarse_stats(manifest: Manifest) -> dict:
+def _coarse_stats(manifests: Manifest | list[Manifest]) -> dict:
     """Range of the coarse training input (the statistics :func:`_norm` uses), so that
     ``downscale`` can flag inputs far outside it."""
-    st = manifest.coarse.stats if manifest.coarse.stats else manifest.target.stats
+    st = _field_stats(manifests)
     return {"min": st.min, "max": st.max, "mean": st.mean, "std": st.std} if st else {}
 
 
@@ -368,11 +386,12 @@ def predict_tile(model, coarse: np.ndarray, aux: np.ndarray, norm: dict,
 def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
              specs: tuple[AuxChannelSpec, ...], norm: dict, device, *,
              baseline: bool = False, scenes: dict | None = None,
-             mean_over_aux: bool = False) -> tuple[dict, dict | None]:
+             mean_over_aux: bool = False, into: tuple | None = None) -> tuple[dict, dict | None]:
     """Predict the validation data tile by tile; metrics in the target's physical units.
 
     ``scenes``: per band, its :class:`~geosr.model.scene.Scene` (a scene-adaptive model);
-    ``mean_over_aux``: see :func:`predict_tile`.
+    ``mean_over_aux``: see :func:`predict_tile`; ``into``: accumulators (network,
+    bilinear) to add to, shared by several datasets.
 
     Returns:
         (network metrics, bilinear-interpolation metrics on the same pixels or None).
@@ -382,7 +401,7 @@ def validate(model, reader: DatasetReader, manifest: Manifest, split: Split,
     from geosr.baselines import upsample
 
     f = manifest.factor
-    acc, base = _Acc(), _Acc()
+    acc, base = into if into is not None else (_Acc(), _Acc())
     was_training = model.training
     model.eval()
     try:
@@ -471,20 +490,24 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
     device = resolve_device(cfg.device)
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    manifest = read_manifest(cfg.dataset)
-    if manifest.target is None:
-        raise InputError(f"{cfg.dataset}: the dataset has no target layer; expected a training "
-                         "dataset (`geosr prepare ... --target FINE.tif`)")
-    specs = _aux_specs(manifest, cfg.aux)
+    paths = list(cfg.datasets)
+    manifests = [read_manifest(d) for d in paths]
+    for path, m in zip(paths, manifests, strict=True):
+        if m.target is None:
+            raise InputError(f"{path}: the dataset has no target layer; expected a training "
+                             "dataset (`geosr prepare ... --target FINE.tif`)")
+    check_compatible(paths, manifests)
+    manifest = manifests[0]
+    specs = _aux_specs(manifests, cfg.aux, paths)
     net_cfg = _net_config(cfg, manifest, specs)
     cfg = _resolve_defaults(cfg, net_cfg)
-    norm = _norm(manifest, positive=net_cfg.positive)
+    norm = _norm(manifests, positive=net_cfg.positive)
     out = Path(cfg.out)
     ckpt_path, csv_path, json_path = side_paths(out)
-    dataset_files = [("dataset manifest", str(Path(cfg.dataset) / "manifest.json")),
-                     *((f"dataset layer {la.name}", str(manifest.path_of(la)))
-                       for la in (manifest.coarse, manifest.target, *manifest.aux)
-                       if la is not None)]
+    dataset_files = [f for path, m in zip(paths, manifests, strict=True) for f in (
+        ("dataset manifest", str(Path(path) / "manifest.json")),
+        *((f"dataset layer {la.name}", str(m.path_of(la)))
+          for la in (m.coarse, m.target, *m.aux) if la is not None))]
     for path, option in ((out, "-o"), (ckpt_path, "-o (its checkpoint)"),
                          (csv_path, "-o (its log)"), (json_path, "-o (its log)")):
         check_not_input(path, dataset_files, option=option)
@@ -498,7 +521,6 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
     if cfg.resume is not None and not Path(cfg.resume).exists():
         raise BundleError(f"--resume {cfg.resume}: file not found; expected a MODEL.ckpt "
                           "written by `geosr train`")
-    all_bands = tuple(s.band for s in manifest.samples)
     group = None
     try:
         if dist.world_size > 1:
@@ -509,9 +531,11 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
                                      f"{dist.master_port}", rank=dist.rank,
                                      world_size=dist.world_size)
         group = _Group(dist, device)
-        with DatasetReader(manifest, tuple(s.name for s in specs), all_bands,
-                           cache_mb=cfg.cache_mb) as reader:
-            result = _train(cfg, manifest, reader, specs, norm, net_cfg, device, group,
+        with contextlib.ExitStack() as stack:
+            sources = [Source(path, m, stack.enter_context(DatasetReader(
+                m, tuple(s.name for s in specs), tuple(s.band for s in m.samples),
+                cache_mb=cfg.cache_mb))) for path, m in zip(paths, manifests, strict=True)]
+            result = _train(cfg, sources, specs, norm, net_cfg, device, group,
                             (out, ckpt_path, csv_path, json_path), t_start, progress)
         if group.active:
             # Every rank waits until rank 0 has written the bundle: a rank that tore down
@@ -551,7 +575,91 @@ def _patch_size(cfg: TrainConfig, split, rows: int, factor: int) -> int:
     return patch
 
 
-def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, norm, net_cfg,
+def _prepare_source(cfg: TrainConfig, src: Source, specs, norm, single: bool) -> None:
+    """A source's validation split, cell-mean rule, aux cell means and scenes."""
+    m, reader = src.manifest, src.reader
+    count = reader.coarse_valid_count(tuple(s.band for s in m.samples))
+    # As downscale's --cell-mean auto: coarse data with nodata cells are a land-only
+    # product, whose values are means over where the aux has data (geosr.inference.run).
+    src.mean_over_aux = bool((count < len(m.samples)).any())
+    log.info("%scoarse data %s: a network pixel where an aux layer is nodata is conserved %s",
+             "" if single else f"{src.path}: ",
+             "with nodata cells" if src.mean_over_aux else "with data in every cell",
+             "apart (--cell-mean aux)" if src.mean_over_aux else "with its cell (--cell-mean cell)")
+    val_samples = tuple(cfg.val_samples)
+    if val_samples and not single:
+        ids = {s.id for s in m.samples}
+        val_samples = tuple(v for v in val_samples if v in ids)
+    if cfg.val_samples and not val_samples:  # none of the ids is in this dataset
+        bands = tuple(s.band for s in m.samples)
+        w = m.coarse_grid.width
+        src.split = Split(SplitKind.samples, bands, (), (0, w), (0, w))
+    else:
+        src.split = make_split(m, val_samples=val_samples, val_fraction=cfg.val_fraction,
+                               val_block=cfg.val_block, coarse_valid=count > 0)
+    # every network records what its training scenes spanned (the domain-shift check of
+    # downscale); a scene-adaptive one also takes them as input
+    src.layers = aux_coarse_means(reader, specs, m.factor)  # one pass over the aux
+    src.scenes = training_scenes(reader, tuple(s.band for s in m.samples), specs, m.factor,
+                                 train_std=float(norm["coarse"]["std"]), layers=src.layers)
+
+
+def _batch(sources: list[Source], draws, tforms, model, specs, norm, f: int, device,
+           scene_on: bool, rng: np.random.Generator):
+    """One training batch from the ``draws`` of :func:`~geosr.training.sources.draw`:
+    ``(xc, xa, scene_gain, mean, std, target, fine_mask)`` as tensors on ``device``."""
+    import torch
+
+    parts, k0 = [], 0
+    for i, picks in draws:
+        src = sources[i]
+        tf = tforms[k0:k0 + len(picks)] if tforms is not None else None
+        k0 += len(picks)
+        batch = read_batch(src.reader, src.plan, picks, f, transforms=tf)
+        aux = fill_aux_cells(batch.aux, specs, f) if specs else None
+        vm = _valid_mask(model, batch.aux, specs, device, src.mean_over_aux)
+        bands = [int(src.plan.starts[k][0]) for k in picks]
+        scenes = [src.scenes[b] for b in bands] if scene_on else None
+        if src.augmenter is not None:
+            scenes = src.augmenter(batch.coarse, batch.target, aux, bands, rng)
+        enc = encode_batch(torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
+                           torch.from_numpy(aux).to(device) if specs else None, norm, specs,
+                           scenes)
+        parts.append((*enc, torch.from_numpy(batch.target)[:, None].to(device), vm))
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(j):
+        xs = [p[j] for p in parts]
+        return None if xs[0] is None else torch.cat(xs)
+
+    masks = [p[6] for p in parts]
+    vm = None
+    if any(m is not None for m in masks):  # a dataset without aux nodata: every pixel
+        vm = torch.cat([m if m is not None else torch.ones_like(p[5], dtype=torch.bool)
+                        for m, p in zip(masks, parts, strict=True)])
+    return (*(cat(j) for j in range(6)), vm)
+
+
+def _validate_sources(model, sources: list[Source], specs, norm, device, *, baseline: bool,
+                      scene: bool) -> tuple[dict, dict | None]:
+    """:func:`validate` pooled over every dataset's held-out pixels."""
+    acc, base = _Acc(), _Acc()
+    for s in sources:
+        validate(model, s.reader, s.manifest, s.split, specs, norm, device, baseline=baseline,
+                 scenes=s.scenes if scene else None, mean_over_aux=s.mean_over_aux,
+                 into=(acc, base))
+    return acc.result(), (base.result() if baseline else None)
+
+
+def _describe(sources: list[Source]) -> str:
+    if len(sources) == 1:
+        return sources[0].split.describe(sources[0].manifest)
+    return f"{len(sources)} datasets: " + "; ".join(
+        f"{s.path.name}: {s.split.describe(s.manifest)}" for s in sources)
+
+
+def _train(cfg: TrainConfig, sources: list[Source], specs, norm, net_cfg,
            device, group: _Group, paths, t_start: float, progress: Progress | None
            ) -> TrainResult:
     import torch
@@ -562,50 +670,51 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     out, ckpt_path, csv_path, json_path = paths
     dist = cfg.dist
     notify = progress if (progress is not None and dist.is_main) else (lambda ev: None)
-
-    count = reader.coarse_valid_count(tuple(s.band for s in manifest.samples))
-    # As downscale's --cell-mean auto: coarse data with nodata cells are a land-only
-    # product, whose values are means over where the aux has data (geosr.inference.run).
-    mean_over_aux = bool((count < len(manifest.samples)).any())
-    log.info("coarse data %s: a network pixel where an aux layer is nodata is conserved %s",
-             "with nodata cells" if mean_over_aux else "with data in every cell",
-             "apart (--cell-mean aux)" if mean_over_aux else "with its cell (--cell-mean cell)")
-    split = make_split(manifest, val_samples=tuple(cfg.val_samples),
-                       val_fraction=cfg.val_fraction, val_block=cfg.val_block,
-                       coarse_valid=count > 0)
-    train_count = reader.coarse_valid_count(split.train_bands)
-    valid = train_count * 2 >= max(1, len(split.train_bands))
-    patch = _patch_size(cfg, split, valid.shape[0], manifest.factor)
-    plan: PatchPlan = plan_patches(valid if valid.any() else train_count > 0, split, patch)
-    if _count_val_targets(reader, manifest, split) == 0:
-        raise InputError(f"{cfg.dataset}: the validation data ({split.describe(manifest)}) "
+    manifest = sources[0].manifest
+    single = len(sources) == 1
+    for src in sources:
+        _prepare_source(cfg, src, specs, norm, single)
+    if cfg.val_samples and not single:
+        known = {s.id for src in sources for s in src.manifest.samples}
+        unknown = [v for v in cfg.val_samples if v not in known]
+        if unknown:
+            raise InputError(f"--val-samples {unknown[0]!r} is not a sample of any of the "
+                             f"{len(sources)} datasets; expected sample ids from their manifests")
+    masks = []
+    for src in sources:
+        train_count = src.reader.coarse_valid_count(src.split.train_bands)
+        valid = train_count * 2 >= max(1, len(src.split.train_bands))
+        masks.append(valid if valid.any() else train_count > 0)
+    # one patch size for all datasets: a batch is one tensor
+    patch = min(_patch_size(cfg, src.split, mask.shape[0], manifest.factor)
+                for src, mask in zip(sources, masks, strict=True))
+    for src, mask in zip(sources, masks, strict=True):
+        src.plan = plan_patches(mask, src.split, patch)
+    if sum(_count_val_targets(s.reader, s.manifest, s.split) for s in sources) == 0:
+        raise InputError(f"{cfg.dataset}: the validation data ({_describe(sources)}) "
                          "hold no valid target cells; expected another --val-samples, "
                          "--val-fraction or --val-block")
-    scenes = None
-    # every network records what its training scenes spanned (the domain-shift check of
-    # downscale); a scene-adaptive one also takes them as input
-    layers = aux_coarse_means(reader, specs, manifest.factor)  # one pass over the aux
-    all_scenes = training_scenes(reader, tuple(s.band for s in manifest.samples), specs,
-                                 manifest.factor, train_std=float(norm["coarse"]["std"]),
-                                 layers=layers)
-    if net_cfg.scene:
-        scenes = all_scenes
-    augmenter = None
-    if cfg.slope_augment and (not scenes or net_cfg.positive):
+    mean_over_aux = any(s.mean_over_aux for s in sources)
+    scene_on = bool(net_cfg.scene)
+    if cfg.slope_augment and (not scene_on or net_cfg.positive):
         log.warning("--slope-augment %g: ignored; it needs a scene-adaptive network that is "
                     "not non-negative (--scene, not a rain field)", cfg.slope_augment)
     elif cfg.slope_augment:
         from geosr.training.slopes import SlopeAugmenter, band_moments
 
-        augmenter = SlopeAugmenter(
-            cfg.slope_augment, scenes,
-            band_moments(reader, split.train_bands, layers), specs,
-            train_std=float(norm["coarse"]["std"]))
+        for src in sources:
+            src.augmenter = SlopeAugmenter(
+                cfg.slope_augment, src.scenes,
+                band_moments(src.reader, src.split.train_bands, src.layers), specs,
+                train_std=float(norm["coarse"]["std"]))
+    augmenting = any(s.augmenter is not None for s in sources)
     steps = cfg.steps_per_epoch or min(MAX_STEPS_PER_EPOCH, max(
-        MIN_STEPS_PER_EPOCH, math.ceil(plan.patches_per_pass() / cfg.batch_size)))
+        MIN_STEPS_PER_EPOCH, math.ceil(sum(s.plan.patches_per_pass() for s in sources)
+                                       / cfg.batch_size)))
     steps = max(1, math.ceil(steps / dist.world_size))
     total_steps = steps * cfg.epochs
-    fingerprint = _fingerprint(cfg, manifest, specs, net_cfg, split, steps)
+    fingerprint = _fingerprint(cfg, manifest, specs, net_cfg, sources[0].split, steps,
+                               more=[(s.manifest, s.split) for s in sources[1:]])
 
     torch.manual_seed(cfg.seed)
     model = Generator(net_cfg).to(device)
@@ -664,7 +773,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                 disc, device_ids=[device.index] if device.type == "cuda" else None)
 
     notify(TrainEvent("start", start_epoch, cfg.epochs, 0, steps, message=(
-        f"training on {device} | {split.describe(manifest)} | {len(plan.starts)} patch "
+        f"training on {device} | {_describe(sources)} | "
+        f"{sum(len(s.plan.starts) for s in sources)} patch "
         f"positions of {patch}x{patch} coarse cells, {steps} steps/epoch of "
         f"{cfg.batch_size} | aux: {', '.join(channel_layout(specs)) or 'none'}"),
         units=manifest.units))
@@ -679,7 +789,11 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
     def summary(epochs_done: int) -> dict:
         return {
             "dataset": str(cfg.dataset), "variable": manifest.variable, "units": manifest.units,
-            "long_name": manifest.long_name, "split": split.to_dict(manifest),
+            "long_name": manifest.long_name,
+            "split": sources[0].split.to_dict(manifest),
+            **({} if single else {
+                "datasets": [str(s.path) for s in sources],
+                "splits": [s.split.to_dict(s.manifest) for s in sources]}),
             "epochs": epochs_done, "epochs_planned": cfg.epochs,
             "best_epoch": best_epoch, "val": best,
             "val_rmse_bilinear": baseline.get("rmse") if baseline else None,
@@ -688,13 +802,14 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             "conserve": cfg.conserve, "device": str(device), "patch": patch,
             "batch_size": cfg.batch_size, "steps_per_epoch": steps, "lr": cfg.lr,
             "augment": cfg.augment,
-            "slope_augment": cfg.slope_augment if augmenter is not None else None,
+            "slope_augment": cfg.slope_augment if augmenting else None,
             "world_size": dist.world_size, "stopped": stopped,
             "aux": [s.name for s in specs], "channels": channel_layout(specs),
             "geosr_version": __version__, "probabilistic": cfg.probabilistic,
-            "scene": bool(net_cfg.scene), "aux_ranges": _aux_ranges(manifest, specs),
+            "scene": scene_on, "aux_ranges": _aux_ranges([s.manifest for s in sources], specs),
             "cell_mean": "aux" if mean_over_aux else "cell",
-            "scene_ranges": scene_ranges({b: all_scenes[b] for b in split.train_bands}, specs),
+            "scene_ranges": scene_ranges({(i, b): src.scenes[b] for i, src in enumerate(sources)
+                                          for b in src.split.train_bands}, specs),
             **({"spread_calibration": calibration} if calibration else {}),
         }
 
@@ -709,20 +824,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
         loss_sum, d_sum, done = 0.0, 0.0, 0
         stop = False
         for step in range(steps):
-            picks = rng.integers(0, len(plan.starts), size=cfg.batch_size)
+            draws = draw(rng, sources, cfg.batch_size)
             tforms = rng.integers(0, 8, size=cfg.batch_size) if cfg.augment else None
-            batch = read_batch(reader, plan, picks, f, transforms=tforms)
-            aux = fill_aux_cells(batch.aux, specs, f) if specs else None
-            vm = _valid_mask(model, batch.aux, specs, device, mean_over_aux)
-            batch_scenes = [scenes[int(plan.starts[k][0])] for k in picks] if scenes else None
-            if augmenter is not None:
-                batch_scenes = augmenter(batch.coarse, batch.target, aux,
-                                         [int(plan.starts[k][0]) for k in picks], rng)
-            xc, xa, sg, mu, sd = encode_batch(
-                torch.from_numpy(fill_nearest(batch.coarse))[:, None].to(device),
-                torch.from_numpy(aux).to(device) if specs else None, norm, specs,
-                batch_scenes)
-            tgt = torch.from_numpy(batch.target)[:, None].to(device)
+            xc, xa, sg, mu, sd, tgt, vm = _batch(sources, draws, tforms, model, specs, norm,
+                                                 f, device, scene_on, rng)
             mask = torch.isfinite(tgt)
             tgt = torch.nan_to_num((tgt - mu) / sd, nan=0.0)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -778,9 +883,8 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                         "d_loss": d_sum / max(done, 1) if disc is not None else None,
                         "partial": partial}
         if dist.is_main:
-            metrics, base = validate(model, reader, manifest, split, specs, norm, device,
-                                     baseline=baseline is None, scenes=scenes,
-                                     mean_over_aux=mean_over_aux)
+            metrics, base = _validate_sources(model, sources, specs, norm, device,
+                                              baseline=baseline is None, scene=scene_on)
             if base is not None:
                 baseline = base
             record.update(val_rmse=metrics["rmse"], val_mae=metrics["mae"],
@@ -824,8 +928,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
             best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         if cfg.probabilistic:
             model.load_state_dict(best_state)
-            calibration = spread_calibration(model, reader, manifest, split, specs, norm, device,
-                                             scenes=scenes, mean_over_aux=mean_over_aux)
+            calibration = spread_calibration(
+                model, None, None, None, specs, norm, device,
+                parts=[(s.reader, s.manifest, s.split, s.scenes if scene_on else None,
+                        s.mean_over_aux) for s in sources])
             best_state = dict(best_state)
             best_state["spread_head.scale"] = best_state["spread_head.scale"] * calibration["scale"]
             log.info("spread calibrated on the validation data: x%.3f (90%% interval coverage "
@@ -837,10 +943,10 @@ def _train(cfg: TrainConfig, manifest: Manifest, reader: DatasetReader, specs, n
                              factor=manifest.factor, res_m=manifest.res_m,
                              variable=manifest.variable, units=manifest.units, norm=norm,
                              training=final_summary, state_dict=best_state,
-                             coarse_stats=_coarse_stats(manifest),
+                             coarse_stats=_coarse_stats([s.manifest for s in sources]),
                              valid_range=manifest.valid_range)
     return TrainResult(out=out, bundle=bundle, history=history, best_epoch=best_epoch,
                        best=best, seconds=time.perf_counter() - t_start, stopped=stopped,
                        checkpoint=ckpt_path, log_csv=csv_path, log_json=json_path,
-                       split=split.describe(manifest),
+                       split=_describe(sources),
                        baseline_rmse=baseline.get("rmse") if baseline else None)

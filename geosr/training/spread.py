@@ -26,9 +26,13 @@ MAX_SAMPLES = 2_000_000
 
 
 def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
-                       scenes: dict | None = None, mean_over_aux: bool = False) -> dict:
+                       scenes: dict | None = None, mean_over_aux: bool = False,
+                       parts: list | None = None) -> dict:
     """The spread factor and the validation coverage before and after it
     (``mean_over_aux``: see :func:`~geosr.training.loop.predict_tile`).
+
+    ``parts``: instead of one dataset, ``(reader, manifest, split, scenes,
+    mean_over_aux)`` per dataset, pooled.
 
     Returns:
         ``{"scale", "coverage_raw", "coverage", "n"}``; ``scale`` 1 when the validation
@@ -38,27 +42,32 @@ def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
 
     from geosr.training.loop import _fine, _val_tiles, predict_tile
 
-    f = manifest.factor
+    if parts is None:
+        parts = [(reader, manifest, split, scenes, mean_over_aux)]
     zs = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for read, core in _val_tiles(manifest, split):
-                fread, fcore = _fine(read, f), _fine(core, f)
-                aux = reader.aux(fread)
-                y0, x0 = int(fcore.row_off - fread.row_off), int(fcore.col_off - fread.col_off)
-                ys, xs = slice(y0, y0 + int(fcore.height)), slice(x0, x0 + int(fcore.width))
-                for band in split.val_bands:
-                    truth = reader.target(band, fcore)
-                    coarse = reader.coarse(band, read)
-                    if not (np.isfinite(truth).any() and np.isfinite(coarse).any()):
-                        continue
-                    y = predict_tile(model, coarse, aux, norm, specs, device,
-                                     scenes.get(band) if scenes else None,
-                                     mean_over_aux=mean_over_aux)
-                    z = (truth - y[0][ys, xs]) / y[1][ys, xs]
-                    zs.append(np.abs(z[np.isfinite(z)]))
+            for reader, manifest, split, scenes, mean_over_aux in parts:
+                f = manifest.factor
+                for read, core in _val_tiles(manifest, split):
+                    fread, fcore = _fine(read, f), _fine(core, f)
+                    aux = reader.aux(fread)
+                    y0 = int(fcore.row_off - fread.row_off)
+                    x0 = int(fcore.col_off - fread.col_off)
+                    ys = slice(y0, y0 + int(fcore.height))
+                    xs = slice(x0, x0 + int(fcore.width))
+                    for band in split.val_bands:
+                        truth = reader.target(band, fcore)
+                        coarse = reader.coarse(band, read)
+                        if not (np.isfinite(truth).any() and np.isfinite(coarse).any()):
+                            continue
+                        y = predict_tile(model, coarse, aux, norm, specs, device,
+                                         scenes.get(band) if scenes else None,
+                                         mean_over_aux=mean_over_aux)
+                        z = (truth - y[0][ys, xs]) / y[1][ys, xs]
+                        zs.append(np.abs(z[np.isfinite(z)]))
     finally:
         model.train(was_training)
     z = np.concatenate(zs) if zs else np.empty(0)
