@@ -19,7 +19,7 @@ from geosr.arrays import block_mean  # noqa: E402
 from geosr.cli.options import parse_layers  # noqa: E402
 from geosr.model.bundle import AuxChannelSpec, load_bundle, save_bundle  # noqa: E402
 from geosr.model.predictor import HALO_TOLERANCE, Predictor  # noqa: E402
-from geosr.model.scene import STD_FLOOR, scene_of, window_scene  # noqa: E402
+from geosr.model.scene import AUX_STD_FLOOR, STD_FLOOR, scene_of, window_scene  # noqa: E402
 from geosr.nn import Generator, NetConfig  # noqa: E402
 
 DEM = AuxChannelSpec("dem", mean=800.0, std=300.0, units="m")
@@ -65,10 +65,48 @@ def test_window_scene_uses_the_aux_cell_means():
     assert s.gain[0] == pytest.approx(-0.005 * 300.0 / s.std, rel=1e-3)
 
 
-def _scene_bundle(path: Path, seed: int = 0) -> Path:
+def test_scene_aux_statistics_and_gain_per_scene_aux_spread():
+    rng = np.random.default_rng(0)
+    dem = rng.uniform(0, 400, (20, 30)).astype(np.float32)  # lowland relief
+    coarse = (15.0 + 0.004 * dem).astype(np.float32)
+    coarse[0, :4] = np.nan
+    dem[5, 5] = np.nan
+    s = scene_of(coarse, [dem, None], (DEM, LC), train_std=5.0, aux_scene=True)
+    ok = np.isfinite(coarse) & np.isfinite(dem)
+    assert s.aux_loc[0] == pytest.approx(float(dem[ok].mean()), rel=1e-5)
+    assert s.aux_scale[0] == pytest.approx(float(dem[ok].astype(np.float64).std()), rel=1e-4)
+    assert s.aux_loc[1:] == (0.0,) * 3 and s.aux_scale[1:] == (1.0,) * 3
+    # the slope per scene aux std, not per the training std (300 m)
+    assert s.gain[0] == pytest.approx(0.004 * s.aux_scale[0] / s.std, rel=1e-3)
+    assert "GEOSR_SCENE_AUX_STD" in s.tags()
+    # without the option the scene has no aux statistics (models trained before it)
+    plain = scene_of(coarse, [dem, None], (DEM, LC), train_std=5.0)
+    assert plain.aux_loc == () and "GEOSR_SCENE_AUX_STD" not in plain.tags()
+    flat = scene_of(coarse, [np.full_like(dem, 5.0), None], (DEM, LC), train_std=5.0,
+                    aux_scene=True)
+    assert flat.aux_scale[0] == pytest.approx(AUX_STD_FLOOR * DEM.std)
+
+
+def test_scene_aux_model_sees_relief_of_any_scale_alike(tmp_path):
+    """Alpine relief and the same relief 10x flatter give the same output: the network
+    gets each scene's aux at the scale it was trained on (the coarse field stays)."""
+    pred = Predictor(load_bundle(_scene_bundle(tmp_path / "m.geosr", scene_aux=True)))
+    plain = Predictor(load_bundle(_scene_bundle(tmp_path / "p.geosr")))
+    rng = np.random.default_rng(3)
+    aux = rng.uniform(200, 2000, (1, 1, 10 * F, 12 * F)).astype(np.float32)
+    coarse = (15.0 - 0.006 * block_mean(aux[0, 0], F)
+              + rng.normal(0, 0.5, (10, 12))).astype(np.float32)[None]
+    low = 0.1 * aux + 20.0
+    for p, same in ((pred, True), (plain, False)):
+        y0, y1 = p.predict(coarse, aux), p.predict(coarse, low)
+        diff = np.max(np.abs(y1 - y0)) / float(np.std(y0))
+        assert (diff < 1e-4) if same else (diff > 1e-3), (same, diff)
+
+
+def _scene_bundle(path: Path, seed: int = 0, *, scene_aux: bool = False) -> Path:
     torch.manual_seed(seed)
     cfg = NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8, fine_width=8,
-                    n_blocks=1, fine_blocks=1, scene=True)
+                    n_blocks=1, fine_blocks=1, scene=True, scene_aux=scene_aux)
     model = Generator(cfg)
     with torch.no_grad():  # make the learned part matter
         model.head[-1].weight.mul_(10)
@@ -331,3 +369,15 @@ def test_train_records_the_scene_ranges_of_every_network(tmp_path, scene):
     assert json.loads((tmp_path / "m.log.json").read_text())["scene_ranges"] == rec
     # the coarse data have a value in every cell: conserved over whole cells
     assert load_bundle(tmp_path / "m.geosr").training["cell_mean"] == "cell"
+    # a scene-adaptive network standardises its aux per scene by default
+    assert load_bundle(tmp_path / "m.geosr").config.scene_aux is scene
+    if scene:
+        geosr.train(ds, out=tmp_path / "n.geosr", epochs=1, arch=(*TINY_ARCH, ("scene_aux", False)),
+                    steps_per_epoch=1, batch_size=4, device="cpu")
+        assert load_bundle(tmp_path / "n.geosr").config.scene_aux is False
+
+
+def test_bundles_without_scene_aux_load_unchanged():
+    shipped = Path(__file__).resolve().parents[1] / "models" / "alps-t2m" / "alps-t2m.geosr"
+    b = load_bundle(shipped)  # the content hash still verifies
+    assert b.config.scene_aux is False

@@ -48,18 +48,20 @@ def _layers(aux):
     return [block_mean(aux[0], F), None, block_mean(aux[2], F)]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_augmented_scene_is_the_scene_of_the_changed_field(seed):
+@pytest.mark.parametrize("seed, aux_scene", [(0, False), (1, False), (2, False), (0, True),
+                                             (1, True)])
+def test_augmented_scene_is_the_scene_of_the_changed_field(seed, aux_scene):
     coarse, target, aux = _band(seed)
     layers = _layers(aux)
-    scene = scene_of(coarse, layers, SPECS, train_std=5.0)
+    scene = scene_of(coarse, layers, SPECS, train_std=5.0, aux_scene=aux_scene)
     mom = BandMoments.of(coarse, [layers[0], layers[2]])
     aug = SlopeAugmenter(3.0, {7: scene}, {7: mom}, SPECS, train_std=5.0)
     c, t = coarse[None].copy(), target[None].copy()
     # the loop fills aux nodata with its cell's valid mean first; a cell without any
     # valid pixel stays NaN and gets no change
     got = aug(c, t, aux[None].copy(), [7], np.random.default_rng(seed))[0]
-    want = scene_of(c[0], layers, SPECS, train_std=5.0)
+    want = scene_of(c[0], layers, SPECS, train_std=5.0, aux_scene=aux_scene)
+    assert got.aux_scale == pytest.approx(want.aux_scale)  # the aux did not change
     assert got.mean == pytest.approx(want.mean, abs=1e-4 * scene.std)
     assert got.std == pytest.approx(want.std, rel=1e-4)
     assert got.gain == pytest.approx(want.gain, rel=1e-3, abs=1e-4)

@@ -175,7 +175,8 @@ def test_max_minutes_stops_cleanly_and_keeps_the_best_model(tiny_dataset, tmp_pa
     split = make_split(m, val_fraction=0.2)
     with DatasetReader(m, ("dem",), (1, 2, 3, 4)) as rd:
         scenes = training_scenes(rd, (1, 2, 3, 4), b.aux, m.factor,
-                                 train_std=b.norm["coarse"]["std"])
+                                 train_std=b.norm["coarse"]["std"],
+                                 aux_scene=b.config.scene_aux)
         metrics, _ = validate(b.build_model(), rd, m, split, b.aux, b.norm, torch.device("cpu"),
                               scenes=scenes)
     assert metrics["rmse"] == pytest.approx(b.training["val"]["rmse"], rel=1e-6)

@@ -40,23 +40,37 @@ def encode_coarse(coarse: torch.Tensor, norm: dict) -> torch.Tensor:
     return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def encode_aux(aux: torch.Tensor, specs: tuple[AuxChannelSpec, ...]) -> torch.Tensor:
+def encode_aux(aux: torch.Tensor, specs: tuple[AuxChannelSpec, ...],
+               scenes=None) -> torch.Tensor:
     """Turn ``(N, A, H, W)`` aux layers (physical units, NaN nodata) into network channels.
 
-    Continuous layers are standardised (NaN -> 0, the mean); categorical layers become
-    one 0/1 channel per class (NaN or an unknown class -> all zeros).
+    Continuous layers are standardised (NaN -> 0, the mean) with the training statistics,
+    or with each sample's scene statistics when ``scenes`` carry them (``aux_loc``,
+    ``aux_scale``: a ``scene_aux`` model); categorical layers become one 0/1 channel per
+    class (NaN or an unknown class -> all zeros).
     """
     import torch
 
+    per_scene = scenes is not None and len(scenes) > 0 and bool(scenes[0].aux_loc)
     chans = []
+    ch = 0
     for k, spec in enumerate(specs):
         x = aux[:, k:k + 1]
         if spec.categorical:
             for c in spec.classes:
                 chans.append((x == c).to(aux.dtype))
+            ch += spec.channels
+            continue
+        if per_scene:
+            loc = torch.tensor([s.aux_loc[ch] for s in scenes], dtype=aux.dtype,
+                               device=aux.device).view(-1, 1, 1, 1)
+            scale = torch.tensor([s.aux_scale[ch] for s in scenes], dtype=aux.dtype,
+                                 device=aux.device).view(-1, 1, 1, 1)
+            z = (x - loc) / scale
         else:
             z = (x - spec.mean) / spec.std
-            chans.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
+        chans.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
+        ch += 1
     if not chans:
         return aux.new_zeros((aux.shape[0], 0, *aux.shape[2:]))
     return torch.cat(chans, dim=1)
@@ -81,7 +95,7 @@ def encode_batch(coarse, aux, norm: dict, specs: tuple[AuxChannelSpec, ...],
     """
     import torch
 
-    xa = encode_aux(aux, specs) if aux is not None and specs else None
+    xa = encode_aux(aux, specs, scenes) if aux is not None and specs else None
     n = coarse.shape[0]
     if scenes is None:
         tn = norm["target"]
@@ -335,7 +349,8 @@ class Predictor:
         from geosr.model.scene import scene_of
 
         return scene_of(coarse, aux_coarse, self.bundle.aux,
-                        train_std=float(self.bundle.norm["coarse"]["std"]))
+                        train_std=float(self.bundle.norm["coarse"]["std"]),
+                        aux_scene=bool(getattr(self.config, "scene_aux", False)))
 
     def predict(self, coarse: np.ndarray, aux: np.ndarray | None, *,
                 margin: tuple[int, int, int, int] = (0, 0, 0, 0),
@@ -406,7 +421,8 @@ class Predictor:
             from geosr.model.scene import window_scene
 
             scenes = [window_scene(coarse[i], None if aux is None else aux[i], self.bundle.aux,
-                                   f, train_std=float(self.bundle.norm["coarse"]["std"]))
+                                   f, train_std=float(self.bundle.norm["coarse"]["std"]),
+                                   aux_scene=bool(getattr(self.config, "scene_aux", False)))
                       for i in range(n)]
         if not self.scene:
             scenes = None

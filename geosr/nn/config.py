@@ -66,6 +66,12 @@ class NetConfig:
             (``scene_gain`` of :meth:`Generator.forward`), which are added to the learned
             gains (:mod:`geosr.model.scene`). Off: fixed training statistics (bundles
             written before the option existed).
+        scene_aux: with ``scene``, the continuous aux layers are standardised with each
+            scene's own mean and spread of their coarse-cell means too (and the scene
+            slopes are per scene aux spread), so relief of another scale (50 m hills
+            against Alpine valleys) reaches the network at the scale it was trained on.
+            Off: the training data's aux statistics (bundles written before the option
+            existed).
         positive: a non-negative field (precipitation): the head's output is added to
             the logarithm of the bicubic interpolation of coarse channel 0 (and the aux
             gains act on that logarithm, a multiplicative sharpening), and the softmax
@@ -99,6 +105,7 @@ class NetConfig:
     spread: bool = False
     scene: bool = False
     positive: bool = False
+    scene_aux: bool = False
 
     def __post_init__(self) -> None:
         _check_int("factor", self.factor, MIN_FACTOR, MAX_FACTOR)
@@ -109,7 +116,7 @@ class NetConfig:
         _check_int("n_blocks", self.n_blocks, 1, MAX_BLOCKS)
         _check_int("fine_blocks", self.fine_blocks, 1, MAX_BLOCKS)
         for name in ("use_cam", "use_sam", "conserve", "aux_gain", "spread", "scene",
-                     "positive"):
+                     "positive", "scene_aux"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int("cam_window", self.cam_window, 0, 63)
@@ -117,6 +124,9 @@ class NetConfig:
             raise ValueError(f"cam_window: expected 0 (global) or an odd size, "
                              f"got {self.cam_window!r}")
         check_norm(self.norm)
+        if self.scene_aux and not self.scene:
+            raise ValueError("scene_aux: scene aux statistics need a scene-adaptive model; "
+                             "expected scene true")
         if self.positive and self.scene:
             raise ValueError("positive: a non-negative model is not scene-adaptive "
                              "(scene standardisation shifts zero); expected scene false")

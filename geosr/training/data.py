@@ -382,12 +382,14 @@ def aux_coarse_means(reader: DatasetReader, specs, factor: int,
 
 
 def training_scenes(reader: DatasetReader, bands: tuple[int, ...], specs, factor: int, *,
-                    train_std: float, layers: list[np.ndarray | None] | None = None) -> dict:
+                    train_std: float, layers: list[np.ndarray | None] | None = None,
+                    aux_scene: bool = False) -> dict:
     """The :class:`~geosr.model.scene.Scene` of each band: the whole coarse band and the
     aux means over its cells, as ``downscale`` computes them for a whole input band.
 
     ``layers``: :func:`aux_coarse_means` when the caller has them already (it reads the
-    whole aux).
+    whole aux); ``aux_scene``: with the aux layers' scene statistics (a ``scene_aux``
+    model).
     """
     from geosr.model.scene import scene_of
 
@@ -395,7 +397,8 @@ def training_scenes(reader: DatasetReader, bands: tuple[int, ...], specs, factor
     if layers is None:
         layers = aux_coarse_means(reader, specs, factor)
     full = Window(0, 0, g.width, g.height)
-    return {b: scene_of(reader.coarse(b, full), layers, specs, train_std=train_std)
+    return {b: scene_of(reader.coarse(b, full), layers, specs, train_std=train_std,
+                        aux_scene=aux_scene)
             for b in sorted(set(bands))}
 
 

@@ -250,6 +250,9 @@ def _net_config(cfg: TrainConfig, manifest: Manifest, specs: tuple[AuxChannelSpe
                          "expected other architecture fields")
     scene = _scene_default(cfg, manifest)
     arch.setdefault("positive", _positive_default(manifest, scene))
+    # a scene-adaptive network standardises its aux per scene too (measured: README,
+    # Generalisation); `--arch scene_aux=false` keeps the training statistics
+    arch.setdefault("scene_aux", scene and not arch["positive"] and bool(specs))
     try:
         return NetConfig(factor=manifest.factor, n_coarse=1,
                          n_aux=sum(s.channels for s in specs), conserve=cfg.conserve,
@@ -575,7 +578,8 @@ def _patch_size(cfg: TrainConfig, split, rows: int, factor: int) -> int:
     return patch
 
 
-def _prepare_source(cfg: TrainConfig, src: Source, specs, norm, single: bool) -> None:
+def _prepare_source(cfg: TrainConfig, src: Source, specs, norm, single: bool,
+                    aux_scene: bool) -> None:
     """A source's validation split, cell-mean rule, aux cell means and scenes."""
     m, reader = src.manifest, src.reader
     count = reader.coarse_valid_count(tuple(s.band for s in m.samples))
@@ -601,7 +605,8 @@ def _prepare_source(cfg: TrainConfig, src: Source, specs, norm, single: bool) ->
     # downscale); a scene-adaptive one also takes them as input
     src.layers = aux_coarse_means(reader, specs, m.factor)  # one pass over the aux
     src.scenes = training_scenes(reader, tuple(s.band for s in m.samples), specs, m.factor,
-                                 train_std=float(norm["coarse"]["std"]), layers=src.layers)
+                                 train_std=float(norm["coarse"]["std"]), layers=src.layers,
+                                 aux_scene=aux_scene)
 
 
 def _batch(sources: list[Source], draws, tforms, model, specs, norm, f: int, device,
@@ -673,7 +678,7 @@ def _train(cfg: TrainConfig, sources: list[Source], specs, norm, net_cfg,
     manifest = sources[0].manifest
     single = len(sources) == 1
     for src in sources:
-        _prepare_source(cfg, src, specs, norm, single)
+        _prepare_source(cfg, src, specs, norm, single, bool(net_cfg.scene_aux))
     if cfg.val_samples and not single:
         known = {s.id for src in sources for s in src.manifest.samples}
         unknown = [v for v in cfg.val_samples if v not in known]

@@ -133,7 +133,8 @@ class SlopeAugmenter:
         std = max(math.sqrt(max(var, 0.0)), self.floor, 1e-12)
         gain = list(scene.gain)
         for j, (k, ch) in enumerate(self.layers):
-            s_a = float(self.specs[k].std)
+            # gains are per scene aux std for a scene_aux model, else per training std
+            s_a = float(scene.aux_scale[ch]) if scene.aux_scale else float(self.specs[k].std)
             slope = gain[ch] * scene.std / s_a if s_a else 0.0  # target units per layer unit
             gain[ch] = (slope + float(beta[j])) * s_a / std
         return replace(scene, mean=mean, std=std, gain=tuple(gain))
