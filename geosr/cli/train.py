@@ -165,8 +165,9 @@ def train_cmd(
                                  help="Random flips/rotations of patches (isotropic fields; "
                                       "default: on for a non-negative field such as rain)."),
     scene: bool = typer.Option(None, "--scene/--no-scene",
-                               help="Scene-adaptive network: standardise each date with its own "
-                                    "mean and spread and start from its own sharpening fit, so "
+                               help="Scene-adaptive network: standardise each date (and its "
+                                    "aux) with its own mean and spread and start from its own "
+                                    "sharpening fit, so "
                                     "the model carries over to other periods and regions "
                                     "(default: on, except for precipitation)."),
     slope_augment: float = typer.Option(
