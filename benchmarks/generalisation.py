@@ -80,9 +80,12 @@ UK_TEST_BANDS = tuple(range(22, 32))
 BASELINES = ("bicubic", "sharpen")
 NETS = {"net-scene": {"scene": True}, "net-fixed": {"scene": False},
         "net-slope": {"scene": True, "slope_augment": 2.0},
-        "net-slope5": {"scene": True, "slope_augment": 5.0}}
+        "net-slope5": {"scene": True, "slope_augment": 5.0},
+        "net-scene-trainaux": {"scene": True, "arch": (("scene_aux", False),)}}
 """The networks a case can train (``--nets``): the scene-adaptive default, the
-fixed-statistics one and the scene-adaptive one with slope augmentation (scales 2, 5)."""
+fixed-statistics one, the scene-adaptive one with slope augmentation (scales 2, 5) and
+the scene-adaptive one with the training data's aux statistics (the default before
+2026-12-03)."""
 DEFAULT_NETS = ("net-fixed", "net-scene")
 
 
@@ -311,14 +314,17 @@ def table(case: Case, rec: dict) -> str:
 
 
 def summary(report: list[dict], nets: tuple[str, ...]) -> str:
+    w = [max(11, len(n) + 2) for n in nets]
     lines = ["## summary (RMSE, degC; ratio = net RMSE / better of bicubic and sharpen)",
              f"{'case':<13}{'bicubic':>9}{'sharpen':>9}"
-             + "".join(f"{n:>11}" for n in nets) + "".join(f"{n[4:] + '/best':>12}" for n in nets)]
+             + "".join(f"{n:>{k}}" for n, k in zip(nets, w, strict=True))
+             + "".join(f"{n[4:] + '/best':>{k + 2}}" for n, k in zip(nets, w, strict=True))]
     for rec in report:
         s = rec["scores"]
         lines.append(f"{rec['case']:<13}{s['bicubic']['rmse']:9.3f}{s['sharpen']['rmse']:9.3f}"
-                     + "".join(f"{s[n]['rmse']:11.3f}" for n in nets)
-                     + "".join(f"{s[n]['vs_best_baseline']:11.2f}x" for n in nets))
+                     + "".join(f"{s[n]['rmse']:{k}.3f}" for n, k in zip(nets, w, strict=True))
+                     + "".join(f"{s[n]['vs_best_baseline']:{k + 1}.2f}x"
+                               for n, k in zip(nets, w, strict=True)))
     return "\n".join(lines)
 
 
