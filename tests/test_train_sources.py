@@ -69,8 +69,15 @@ def test_two_datasets_train_one_model_validated_on_both(two_regions, tmp_path):
     ra = geosr.train(a, out=tmp_path / "a.geosr", **kw)
     rb = geosr.train(b, out=tmp_path / "b.geosr", **kw)
     rab = geosr.train([a, b], out=tmp_path / "ab.geosr", **kw)
-    # every held-out pixel of both datasets is scored
+    # every held-out pixel of both datasets is scored, and each one's error is reported
     assert rab.best["n"] == ra.best["n"] + rb.best["n"] > ra.best["n"]
+    per = rab.best["rmse_by_dataset"]
+    assert list(per) == ["alpha", "beta"]
+    pooled = np.sqrt((per["alpha"] ** 2 * ra.best["n"] + per["beta"] ** 2 * rb.best["n"])
+                     / rab.best["n"])
+    assert rab.best["rmse"] == pytest.approx(pooled, rel=1e-9)
+    assert rab.history[-1]["val_rmse_by_dataset"] == per
+    assert "rmse_by_dataset" not in ra.best
     bundle = load_bundle(tmp_path / "ab.geosr")
     t = bundle.training
     assert t["datasets"] == [str(a), str(b)] and len(t["splits"]) == 2
@@ -97,6 +104,10 @@ def test_cli_two_datasets_and_val_samples_in_one_of_them(two_regions, tmp_path):
     out = tmp_path / "m.geosr"
     last = read_manifest(a).samples[-1].id  # day 4: not in beta's three days
     assert last not in {s.id for s in read_manifest(b).samples}
+    res = run_cli("train", a, b, "-o", tmp_path / "h.geosr", "--epochs", "1", *FAST_CLI)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert "val RMSE" in text and "(alpha " in text and ", beta " in text, text
     res = run_cli("train", a, b, "-o", out, "--epochs", "1", "--val-samples", last,
                   "--json", *FAST_CLI)
     assert res.exit_code == 0, res.output

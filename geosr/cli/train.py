@@ -210,7 +210,10 @@ def train_cmd(
     units = d["units"]
     val = result.best or {}
     base = result.baseline_rmse
+    per = val.get("rmse_by_dataset")
+    per = (" (" + ", ".join(f"{k} {_fmt(v, units=units)}" for k, v in per.items()) + ")"
+           if per else "")
     say(ctx, f"wrote {out} (best epoch {result.best_epoch}, val RMSE "
-             f"{_fmt(val.get('rmse'), units=units)}, bilinear {_fmt(base, units=units)}; "
+             f"{_fmt(val.get('rmse'), units=units)}{per}, bilinear {_fmt(base, units=units)}; "
              f"{d['epochs']} epoch(s), "
              f"{result.seconds:.0f} s, stopped by {result.stopped}); log {result.log_csv}")

@@ -319,6 +319,12 @@ class _Acc:
         self.syy += float((t * t).sum())
         self.sxy += float((p * t).sum())
 
+    def merge(self, other: _Acc) -> _Acc:
+        """Add another accumulator's sums (pixels of another dataset)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
     def result(self) -> dict:
         if self.n == 0:
             return {"rmse": None, "mae": None, "bias": None, "r": None, "n": 0}
@@ -648,13 +654,28 @@ def _batch(sources: list[Source], draws, tforms, model, specs, norm, f: int, dev
 
 def _validate_sources(model, sources: list[Source], specs, norm, device, *, baseline: bool,
                       scene: bool) -> tuple[dict, dict | None]:
-    """:func:`validate` pooled over every dataset's held-out pixels."""
+    """:func:`validate` pooled over every dataset's held-out pixels; with several datasets
+    the metrics also carry each one's RMSE (``rmse_by_dataset``, by folder name)."""
     acc, base = _Acc(), _Acc()
+    by_dataset = {}
     for s in sources:
+        a, b = _Acc(), _Acc()
         validate(model, s.reader, s.manifest, s.split, specs, norm, device, baseline=baseline,
                  scenes=s.scenes if scene else None, mean_over_aux=s.mean_over_aux,
-                 into=(acc, base))
-    return acc.result(), (base.result() if baseline else None)
+                 into=(a, b))
+        acc.merge(a)
+        base.merge(b)
+        by_dataset[_source_name(s, sources)] = a.result()["rmse"]
+    metrics = acc.result()
+    if len(sources) > 1:
+        metrics["rmse_by_dataset"] = by_dataset
+    return metrics, (base.result() if baseline else None)
+
+
+def _source_name(src: Source, sources: list[Source]) -> str:
+    """A dataset's folder name, or its path where two folders share a name."""
+    names = [s.path.name for s in sources]
+    return src.path.name if names.count(src.path.name) == 1 else str(src.path)
 
 
 def _describe(sources: list[Source]) -> str:
@@ -894,6 +915,8 @@ def _train(cfg: TrainConfig, sources: list[Source], specs, norm, net_cfg,
                 baseline = base
             record.update(val_rmse=metrics["rmse"], val_mae=metrics["mae"],
                           val_bias=metrics["bias"], val_r=metrics["r"])
+            if "rmse_by_dataset" in metrics:
+                record["val_rmse_by_dataset"] = metrics["rmse_by_dataset"]
             improved = metrics["rmse"] is not None and (best is None or best.get("rmse") is None
                                                         or metrics["rmse"] < best["rmse"])
             if improved:
