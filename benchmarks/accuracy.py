@@ -287,6 +287,8 @@ def main() -> None:
     report = []
     for key in args.experiments:
         exp = build(key, args.work)
+        if exp.units == "degC":  # scene-adaptive with slope augmentation (train --slope-augment 2)
+            exp.variants.setdefault("net-slope2", {"slope_augment": 2.0})
         variants = {"net": exp.variants["net"]} if args.only_net else exp.variants
         if args.variants:
             variants = {k: v for k, v in variants.items() if k in args.variants}

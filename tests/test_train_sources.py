@@ -155,3 +155,29 @@ def test_cli_incompatible_datasets_exit_2_one_line(tmp_path, case, needle):
     line = one_line_error(res)
     assert needle in line and ("beta" in line or case == "twice"), line
     assert not out.exists()
+
+
+def test_two_dataset_run_resumes_to_the_same_weights_and_refuses_other_datasets(
+        two_regions, tmp_path):
+    from geosr.errors import BundleError
+    from geosr.training.config import TrainConfig, side_paths
+    from geosr.training.loop import train
+
+    a, b = two_regions
+    full = train(TrainConfig(dataset=a, more_datasets=(b,), out=tmp_path / "full.geosr",
+                             epochs=3, **FAST))
+
+    def interrupt(ev):
+        if ev.kind == "epoch" and ev.epoch == 1:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(dataset=a, more_datasets=(b,), out=tmp_path / "part.geosr", epochs=3,
+                      **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=interrupt)
+    ckpt = side_paths(cfg.out)[0]
+    other = make_dataset(tmp_path, name="gamma", seed=2, size=40, days=3)
+    with pytest.raises(BundleError, match="the datasets"):
+        train(TrainConfig(**{**cfg.__dict__, "more_datasets": (other,), "resume": ckpt}))
+    resumed = train(TrainConfig(**{**cfg.__dict__, "resume": ckpt}))
+    assert resumed.bundle.sha256 == full.bundle.sha256

@@ -175,7 +175,7 @@ def train_cmd(
         help="Scene-adaptive network: give each training patch a random extra dependence "
              "on each continuous aux layer (up to S times the date's spread per layer "
              "spread), so the model follows the slopes of scenes unlike its training "
-             "dates (default: off; 0: off)."),
+             "dates, e.g. other regions or scales: 2 (default: off; 0: off)."),
     arch: list[str] = typer.Option(None, "--arch", metavar="KEY=VALUE",
                                    help="Architecture override, e.g. fine_width=32 (repeatable)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: "

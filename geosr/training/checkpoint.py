@@ -30,8 +30,13 @@ CHECKPOINT_VERSION = 1
 
 def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Split,
                  steps: int, *, more: list[tuple[Manifest, Split]] = ()) -> dict:
-    """What a checkpoint must match to be resumed; ``more``: the further datasets."""
+    """What a checkpoint must match to be resumed; ``more``: the further datasets (checked
+    first: other datasets change the pooled statistics too, and that is the cause to name)."""
     return {
+        **({"datasets": [{"fine_grid": m.fine_grid.to_dict(),
+                          "samples": [s.id for s in m.samples], "split": sp.to_dict(m),
+                          "coarse": asdict(m.coarse.stats) if m.coarse.stats else None}
+                         for m, sp in more]} if more else {}),
         "variable": manifest.variable, "factor": manifest.factor,
         "fine_grid": manifest.fine_grid.to_dict(),
         "samples": [s.id for s in manifest.samples],
@@ -43,9 +48,6 @@ def _fingerprint(cfg: TrainConfig, manifest: Manifest, specs, net_cfg, split: Sp
         "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup,
         "augment": cfg.augment, "world_size": cfg.dist.world_size,
         **({"slope_augment": cfg.slope_augment} if cfg.slope_augment else {}),
-        **({"datasets": [{"fine_grid": m.fine_grid.to_dict(),
-                          "samples": [s.id for s in m.samples], "split": sp.to_dict(m)}
-                         for m, sp in more]} if more else {}),
     }
 
 
