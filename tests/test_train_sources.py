@@ -181,3 +181,14 @@ def test_two_dataset_run_resumes_to_the_same_weights_and_refuses_other_datasets(
         train(TrainConfig(**{**cfg.__dict__, "more_datasets": (other,), "resume": ckpt}))
     resumed = train(TrainConfig(**{**cfg.__dict__, "resume": ckpt}))
     assert resumed.bundle.sha256 == full.bundle.sha256
+
+
+def test_two_datasets_probabilistic_calibrates_on_both(two_regions, tmp_path):
+    a, b = two_regions
+    kw = dict(epochs=1, seed=0, probabilistic=True, **FAST)
+    ra = geosr.train(a, out=tmp_path / "a.geosr", **kw)
+    rb = geosr.train(b, out=tmp_path / "b.geosr", **kw)
+    rab = geosr.train([a, b], out=tmp_path / "ab.geosr", **kw)
+    cal = [r.bundle.training["spread_calibration"] for r in (ra, rb, rab)]
+    assert cal[2]["n"] == cal[0]["n"] + cal[1]["n"] > 0
+    assert 0.85 <= cal[2]["coverage"] <= 0.95
