@@ -418,7 +418,7 @@ def test_tiny_model_overfits_a_real_patch(tmp_path):
 
         alpine = int(np.argmax([relief(s) for s in plan.starts]))
         batch = read_batch(rd, plan, np.array([alpine]), f)
-    norm = _norm(m)
+    norm = _norm([m])
     spec = (AuxChannelSpec("dem", mean=m.aux[0].stats.mean, std=m.aux[0].stats.std),)
     xc = encode_coarse(torch.from_numpy(fill_nearest(batch.coarse))[:, None], norm)
     xa = encode_aux(torch.from_numpy(batch.aux), spec)

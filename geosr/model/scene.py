@@ -20,7 +20,7 @@ tile, so that tiling does not change the output:
 With :attr:`~geosr.nn.config.NetConfig.scene_aux` the scene also carries each continuous
 aux layer's mean and std over its cells (``aux_loc``, ``aux_scale``): the fine aux is
 standardised with them instead of the training data's, and ``gain`` is per scene aux
-std. Why: a DEM standardised with Alpine statistics (std 750 m) gives Cornish relief
+std. Why: a DEM standardised with Alpine statistics (std 745 m) gives Cornish relief
 (std 47 m) as near-constant input; measured with ``benchmarks/generalisation.py`` a
 Swiss-trained network in Cornwall went from 1.71x to 1.16x bicubic's RMSE with it, and a
 model trained on both regions from 0.428 to 0.250 degC on Cornish days.

@@ -120,10 +120,9 @@ def _check_options(cfg: TrainConfig) -> None:
         raise bad("--slope-augment", cfg.slope_augment, "a scale from 0 to 100 (e.g. 2)")
 
 
-def _aux_specs(manifests: Manifest | list[Manifest], names: tuple[str, ...] | None,
-               paths: list[Path] | None = None) -> tuple[AuxChannelSpec, ...]:
-    """The model's aux layers from the (first) dataset, their statistics pooled over all."""
-    manifests = manifests if isinstance(manifests, list) else [manifests]
+def _aux_specs(manifests: list[Manifest], names: tuple[str, ...] | None
+               ) -> tuple[AuxChannelSpec, ...]:
+    """The model's aux layers from the first dataset, their statistics pooled over all."""
     manifest = manifests[0]
     if names is None:
         names = tuple(a.name for a in manifest.aux)
@@ -138,8 +137,7 @@ def _aux_specs(manifests: Manifest | list[Manifest], names: tuple[str, ...] | No
         if layer is None:
             raise InputError(f"--aux {name!r} is not a layer of the dataset {manifest.root}; "
                              f"expected some of: {available}")
-    if len(manifests) > 1:
-        check_aux(paths or [m.root for m in manifests], manifests, names)
+    check_aux(manifests, names)
     for name in names:
         layer = manifest.aux_layer(name)
         st = pool_stats([m.aux_layer(name).stats for m in manifests])
@@ -156,14 +154,13 @@ def _aux_specs(manifests: Manifest | list[Manifest], names: tuple[str, ...] | No
     return tuple(specs)
 
 
-def _field_stats(manifests: Manifest | list[Manifest]) -> LayerStats | None:
+def _field_stats(manifests: list[Manifest]) -> LayerStats | None:
     """The coarse field's statistics (the target's where absent), pooled over datasets."""
-    manifests = manifests if isinstance(manifests, list) else [manifests]
     return pool_stats([m.coarse.stats if m.coarse.stats else m.target.stats
                        for m in manifests])
 
 
-def _norm(manifests: Manifest | list[Manifest], *, positive: bool = False) -> dict:
+def _norm(manifests: list[Manifest], *, positive: bool = False) -> dict:
     """One affine map for coarse input and output, so conservation holds in physical units.
 
     ``positive`` (a non-negative model): scale only, so that zero stays zero for the
@@ -175,10 +172,9 @@ def _norm(manifests: Manifest | list[Manifest], *, positive: bool = False) -> di
     return {"coarse": {"mean": mean, "std": std}, "target": {"mean": mean, "std": std}}
 
 
-def _aux_ranges(manifests: Manifest | list[Manifest], specs) -> dict:
+def _aux_ranges(manifests: list[Manifest], specs) -> dict:
     """``{name: [min, max]}`` of each continuous aux layer over the datasets (the bundle's
     record for :func:`geosr.model.domain.aux_shifts`)."""
-    manifests = manifests if isinstance(manifests, list) else [manifests]
     out = {}
     for s in specs:
         st = pool_stats([next((a.stats for a in m.aux if a.name == s.name), None)
@@ -188,7 +184,7 @@ def _aux_ranges(manifests: Manifest | list[Manifest], specs) -> dict:
     return out
 
 
-def _coarse_stats(manifests: Manifest | list[Manifest]) -> dict:
+def _coarse_stats(manifests: list[Manifest]) -> dict:
     """Range of the coarse training input (the statistics :func:`_norm` uses), so that
     ``downscale`` can flag inputs far outside it."""
     st = _field_stats(manifests)
@@ -505,9 +501,9 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
         if m.target is None:
             raise InputError(f"{path}: the dataset has no target layer; expected a training "
                              "dataset (`geosr prepare ... --target FINE.tif`)")
-    check_compatible(paths, manifests)
+    check_compatible(manifests)
     manifest = manifests[0]
-    specs = _aux_specs(manifests, cfg.aux, paths)
+    specs = _aux_specs(manifests, cfg.aux)
     net_cfg = _net_config(cfg, manifest, specs)
     cfg = _resolve_defaults(cfg, net_cfg)
     norm = _norm(manifests, positive=net_cfg.positive)
@@ -957,9 +953,8 @@ def _train(cfg: TrainConfig, sources: list[Source], specs, norm, net_cfg,
         if cfg.probabilistic:
             model.load_state_dict(best_state)
             calibration = spread_calibration(
-                model, None, None, None, specs, norm, device,
-                parts=[(s.reader, s.manifest, s.split, s.scenes if scene_on else None,
-                        s.mean_over_aux) for s in sources])
+                model, [(s.reader, s.manifest, s.split, s.scenes if scene_on else None,
+                         s.mean_over_aux) for s in sources], specs, norm, device)
             best_state = dict(best_state)
             best_state["spread_head.scale"] = best_state["spread_head.scale"] * calibration["scale"]
             log.info("spread calibrated on the validation data: x%.3f (90%% interval coverage "

@@ -49,11 +49,14 @@ def pool_stats(stats: Sequence[LayerStats | None]) -> LayerStats | None:
                       max=max(s.max for s in parts), count=n, valid_fraction=valid)
 
 
-def check_compatible(paths: Sequence[Path], manifests: Sequence[Manifest]) -> None:
-    """Refuse datasets that one network cannot be trained on together."""
-    first, m0 = paths[0], manifests[0]
+def check_compatible(manifests: Sequence[Manifest]) -> None:
+    """Refuse datasets that one network cannot be trained on together (named by the
+    folders they were read from)."""
+    m0 = manifests[0]
+    first = m0.root
     seen = {Path(first).resolve()}
-    for path, m in zip(paths[1:], manifests[1:], strict=True):
+    for m in manifests[1:]:
+        path = m.root
         if Path(path).resolve() in seen:
             raise InputError(f"{path}: given twice; expected each prepared dataset once")
         seen.add(Path(path).resolve())
@@ -68,10 +71,11 @@ def check_compatible(paths: Sequence[Path], manifests: Sequence[Manifest]) -> No
                              "expected the same variable in the same units")
 
 
-def check_aux(paths: Sequence[Path], manifests: Sequence[Manifest], names: Sequence[str]) -> None:
+def check_aux(manifests: Sequence[Manifest], names: Sequence[str]) -> None:
     """Every chosen aux layer in every dataset, of one kind and (class layers) classes."""
     m0 = manifests[0]
-    for path, m in zip(paths[1:], manifests[1:], strict=True):
+    for m in manifests[1:]:
+        path = m.root
         for name in names:
             a0, a = m0.aux_layer(name), next((x for x in m.aux if x.name == name), None)
             if a is None:
@@ -81,7 +85,7 @@ def check_aux(paths: Sequence[Path], manifests: Sequence[Manifest], names: Seque
             if a.categorical != a0.categorical or (a.categorical and a.classes != a0.classes):
                 what = (f"classes {list(a.classes)}" if a.categorical else "a continuous layer")
                 want = (f"classes {list(a0.classes)}" if a0.categorical else "a continuous layer")
-                raise InputError(f"{path}: aux {name!r} is {what}, but in {paths[0]} it is "
+                raise InputError(f"{path}: aux {name!r} is {what}, but in {m0.root} it is "
                                  f"{want}; expected the same layer kind and classes")
 
 

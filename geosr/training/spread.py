@@ -25,14 +25,13 @@ MAX_SAMPLES = 2_000_000
 """Validation pixels kept for the quantile of ``|z|`` (a systematic subsample beyond)."""
 
 
-def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
-                       scenes: dict | None = None, mean_over_aux: bool = False,
-                       parts: list | None = None) -> dict:
-    """The spread factor and the validation coverage before and after it
-    (``mean_over_aux``: see :func:`~geosr.training.loop.predict_tile`).
+def spread_calibration(model, parts: list, specs, norm, device) -> dict:
+    """The spread factor and the validation coverage before and after it, pooled over the
+    validation data of every dataset.
 
-    ``parts``: instead of one dataset, ``(reader, manifest, split, scenes,
-    mean_over_aux)`` per dataset, pooled.
+    ``parts``: per dataset, ``(reader, manifest, split, scenes, mean_over_aux)``
+    (``scenes`` None for a fixed-statistics model; ``mean_over_aux``: see
+    :func:`~geosr.training.loop.predict_tile`).
 
     Returns:
         ``{"scale", "coverage_raw", "coverage", "n"}``; ``scale`` 1 when the validation
@@ -42,8 +41,6 @@ def spread_calibration(model, reader, manifest, split, specs, norm, device, *,
 
     from geosr.training.loop import _fine, _val_tiles, predict_tile
 
-    if parts is None:
-        parts = [(reader, manifest, split, scenes, mean_over_aux)]
     zs = []
     was_training = model.training
     model.eval()
