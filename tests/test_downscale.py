@@ -242,17 +242,21 @@ def _fake_bundle_module(monkeypatch, predictor_cls=_TileDependentPredictor, aux_
 
 
 def test_blending_hides_seams_of_a_tile_dependent_model(scene, tmp_path, monkeypatch):
+    """A network's tiles meet without overlap by default (a real network's tiles read
+    their whole context and are exact); ``--overlap`` still blends a model whose tiles
+    are not."""
     _fake_bundle_module(monkeypatch)
     blended, res = _run(scene, tmp_path / "b.tif", model="fake.geosr", tile_px=64,
-                        conserve=False)
-    assert res.method is Method.net and res.overlap_px == 3 * F  # the decode halo
+                        overlap_px=3 * F, conserve=False)
+    assert res.method is Method.net and res.overlap_px == 3 * F
     plan = plan_tiles(blended.shape[1], blended.shape[2], factor=F, tile_px=64,
                          overlap_px=res.overlap_px)
     at_border, elsewhere = _border_stat(blended, plan)
     assert abs(at_border / elsewhere - 1) < 0.05
-    # the statistic does see seams: without overlap the borders stand out
-    hard, _ = _run(scene, tmp_path / "h.tif", model="fake.geosr", tile_px=64, overlap_px=0,
-                   conserve=False)
+    # the statistic does see seams: without overlap (the default) the borders stand out
+    hard, res = _run(scene, tmp_path / "h.tif", model="fake.geosr", tile_px=64,
+                     conserve=False)
+    assert res.overlap_px == 0
     at_border, elsewhere = _border_stat(hard, plan)
     assert at_border / elsewhere > 1.05
 
@@ -862,13 +866,17 @@ def test_model_by_shipped_name(scene, tmp_path, tiny_bundle, monkeypatch):
 
 
 def test_trained_like_network_does_not_depend_on_tile_size(scene, tmp_path, gain_bundle):
-    """The default overlap (1.5x the bundle's measured halo) makes tiles invisible."""
-    a, _ = _run(scene, tmp_path / "a.tif", model=str(gain_bundle), tile_px=128)
+    """Tiles that read the bundle's measured halo as context meet without overlap and
+    give the raster predicted in one piece, to float rounding."""
+    a, ra = _run(scene, tmp_path / "a.tif", model=str(gain_bundle), tile_px=128)
     b, _ = _run(scene, tmp_path / "b.tif", model=str(gain_bundle), tile_px=512)
+    whole, rw = _run(scene, tmp_path / "w.tif", model=str(gain_bundle), tile_px=4096)
+    assert ra.overlap_px == 0 and rw.tile_px == 4096  # one tile: the whole raster
     base = np.stack([upsample(c, F, "bilinear") for c in scene["coarse_arr"]])
-    if not np.std(b - base) > 0.1 * np.std(b):
+    if not np.std(whole - base) > 0.1 * np.std(whole):
         pytest.fail("the network's own detail is too small to test tiling with")
-    assert np.nanmax(np.abs(a - b)) < 1e-3 * np.nanstd(b)
+    for tiled in (a, b):
+        assert np.nanmax(np.abs(tiled - whole)) < 1e-5 * np.nanstd(whole)
 
 
 def test_trained_like_network_with_enough_overlap_does_not_depend_on_tile_size(

@@ -169,3 +169,52 @@ def test_window_max_matches_max_pool(k):
     x = torch.randn(2, 5, 20, 17, generator=torch.Generator().manual_seed(k))
     x = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(_window_max(_window_max(x, k, 2), k, 3), F.max_pool2d(x, k, stride=1))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"f{c['factor']}-aux{c['n_aux']}")
+def test_decode_crop_matches_the_whole_output(cfg):
+    """``crop`` leaves cells out of the output and runs the fine stage only on the rest
+    plus its halo: the kept cells are the whole decode's, to float rounding."""
+    net = _trained_like(Generator(NetConfig(**cfg)))
+    f = cfg["factor"]
+    coarse, aux = _inputs(f, cfg["n_aux"], h=9, w=8, seed=3)
+    mask = torch.ones(1, 1, 9 * f, 8 * f, dtype=torch.bool)
+    mask[..., :f + 3, :5] = False  # conservation over part of a cell
+    with torch.no_grad():
+        feats = net.encode(coarse, net.pool_aux(aux) if aux is not None else None)
+        whole = net.decode(feats, coarse, aux, fine_mask=mask)
+        for crop in [(1, 2, 3, 1), (0, 3, 0, 0), (2, 0, 0, 4), (0, 0, 0, 0)]:
+            t, left, b, r = crop
+            got = net.decode(feats, coarse, aux, fine_mask=mask, crop=crop, strip_px=2 * f)
+            ref = whole[..., t * f:(9 - b) * f, left * f:(8 - r) * f]
+            assert got.shape == ref.shape
+            assert _rel(got, ref) <= TOL, f"crop={crop}"
+        with pytest.raises(ValueError, match="crop"):
+            net.decode(feats, coarse, aux, crop=(5, 0, 4, 0))
+
+
+@pytest.mark.parametrize("pad", [(1, 1), (2, 2), (3, 3), (0, 2), (1, 0)])
+def test_replicate_pad_matches_torch(pad):
+    from geosr.nn.blocks import replicate_pad
+
+    x = torch.randn(2, 5, 11, 7, generator=torch.Generator().manual_seed(1))
+    rows, cols = pad
+    want = F.pad(x, (cols, cols, rows, rows), mode="replicate")
+    with torch.no_grad():
+        got = replicate_pad(x.contiguous(memory_format=torch.channels_last), rows, cols)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+    assert torch.equal(replicate_pad(x, rows, cols), want)  # NCHW / autograd: F.pad
+
+
+def test_conv_keeps_the_state_dict_of_torch_conv():
+    from geosr.nn.blocks import conv
+
+    c = conv(3, 4, 5)
+    ref = torch.nn.Conv2d(3, 4, 5, padding=2, padding_mode="replicate")
+    ref.load_state_dict(c.state_dict())
+    assert list(c.state_dict()) == list(ref.state_dict())
+    x = torch.randn(1, 3, 12, 9, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = c(x.contiguous(memory_format=torch.channels_last))
+        assert _rel(got, ref(x)) <= TOL

@@ -88,7 +88,8 @@ def downscale_cmd(
     tile: int = typer.Option(None, "--tile", help="Tile core size in fine pixels, rounded to "
                              "whole coarse cells (default 512 for a network, 768 otherwise)."),
     overlap: int = typer.Option(None, "--overlap", help="Context per tile side in fine pixels, "
-                                "blended across tiles (default from the method)."),
+                                "blended across tiles (default from the method; 0 for a "
+                                "network, whose tiles read their context and meet exactly)."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", case_sensitive=False,
                                         help="Where the network runs (auto: a GPU when present)."),
     workers: int = typer.Option(None, "--workers", help="Local tile threads (default "

@@ -59,7 +59,7 @@ DEFAULT_TILE_PX = {Method.net: 512, Method.sharpen: 768, Method.bicubic: 768}
 
 # Context per side, in coarse cells. The outer half of it gets zero blend weight, so it
 # must cover the method's support: 1 cell for the bilinear residual of ``sharpen``,
-# 2 cells for bicubic.
+# 2 cells for bicubic. A network needs none (its tiles read their context apart).
 DEFAULT_OVERLAP_CELLS = {Method.sharpen: 2, Method.bicubic: 4}
 
 

@@ -364,11 +364,11 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
                                                            band_lists, ranges, strict=True):
         f = fine.width // coarse.width
         if predictor is not None:
-            # The coarse encoder gets the network's whole measured halo as extra context
-            # (TileJob.context, cheap at coarse resolution); the blended overlap only
-            # covers the fine decoder's halo, which is most of the cost per pixel
+            # Each tile reads the network's whole measured halo as context (TileJob.context:
+            # coarse cells, of which the decoder sees predictor.decode_halo), which makes a
+            # tile's prediction exact to float rounding: tiles need no blended overlap
             # (tests/test_downscale.py checks tile-size invariance).
-            needed_px = max(1, predictor.decode_halo) * f
+            needed_px = 0
         else:
             needed_px = DEFAULT_OVERLAP_CELLS[method] * f
         overlap_px = needed_px if cfg.overlap_px is None else cfg.overlap_px

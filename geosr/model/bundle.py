@@ -74,7 +74,7 @@ UNHASHED_FIELDS = frozenset({"sha256", "training", "geosr_version"})
 """Metadata outside the version-2 hash: the hash itself and the descriptive fields (the
 training summary, which only cards and ``train --json`` show, and the writing geosr's
 version). Every other field, including ones added later, is hashed."""
-HALO_METHOD = "crop-2"
+HALO_METHOD = "exact-1"
 """Tag of the halo measurement stored in bundles; others are re-measured on load."""
 
 
@@ -302,7 +302,8 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle | None = None, *, overwr
     model = _build_model(config, state, where=str(path))
     from geosr.model.predictor import measure_decode_halo, measure_halo  # they run a model
 
-    halo, decode_halo = measure_halo(model), measure_decode_halo(model)
+    decode_halo = measure_decode_halo(model)
+    halo = measure_halo(model, decode=decode_halo)
     meta = {
         **_hash_fields(config, aux, factor, res_m, norm),
         "variable": variable, "units": units, "training": training or {},

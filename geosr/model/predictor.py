@@ -23,12 +23,17 @@ log = logging.getLogger(__name__)
 MAX_PREDICT_PX = 2_000_000
 """Fine pixels per forward pass in :meth:`Predictor.predict` (bounds activation memory)."""
 
-STRIP_PX = 1024
+STRIP_PX = "auto"
 """Fine rows per strip of the network's fine stage (``strip_px`` of
-:meth:`~geosr.nn.generator.Generator.decode`): it bounds activation memory for large
-tiles. The default tiles (576 rows with their context) run whole: with the heap kept
-(:func:`geosr.inference.heap.retained_heap`), strips of 128-256 rows were 1.1-1.2x
-slower on a 2-core CPU (their context rows are computed twice)."""
+:meth:`~geosr.nn.generator.Generator.decode`); ``"auto"``: as many as keep the stage's
+largest array under :data:`STRIP_BYTES`."""
+
+STRIP_BYTES = 28 * 1024 * 1024
+"""Largest array of the fine stage per strip with ``strip_px="auto"``. Why: below glibc's
+largest mmap threshold (32 MB) the retained heap (:mod:`geosr.inference.heap`) serves
+each array from freed blocks instead of fresh pages. The default tiles (528 rows and
+columns with their context, 27 MB) then run whole, and a 1040^2 px window runs in strips
+of 292 rows: whole, it took 1.4x longer per pixel (shipped model, one thread)."""
 
 
 def encode_coarse(coarse: torch.Tensor, norm: dict) -> torch.Tensor:
@@ -184,8 +189,11 @@ def check_aux_array(aux: np.ndarray | None, specs: tuple[AuxChannelSpec, ...], n
                           f"{fine_shape[1]}) (layers: {names}); got {tuple(aux.shape)}")
 
 
-HALO_TOLERANCE = 2e-3
-"""Largest change, relative to the output's std, that missing context may cause in a core."""
+HALO_TOLERANCE = 1e-6
+"""Largest change, relative to the output's std, that the context a tile lacks beyond its
+measured halo may cause (on probe fields): float rounding. Tiles are then exact, and the
+downscale engine puts them side by side without blending (measured on a 4000^2 px scene
+with the shipped model: 6e-6 of the std from the whole raster in one piece)."""
 
 
 HALO_MAX_CELLS = 16
@@ -224,13 +232,15 @@ def _probe(cfg, n: int, seed: int):
     return coarse, aux
 
 
-def _context_needed(model, run, radius: int, core: int, tol: float, seed: int) -> int:
-    """Smallest context ``d`` (coarse cells per side) such that ``run`` on every crop
-    with ``d`` or more cells around a ``core`` reproduces the whole window's core within
-    ``tol`` of the output's std.
+def _context_needed(model, run, radius: int, core: int, tol: float, seed: int,
+                    least: int = 1) -> int:
+    """Smallest context ``d`` (coarse cells per side, at least ``least``) such that
+    ``run`` on every crop with ``d`` or more cells around a ``core`` reproduces the whole
+    window's core within ``tol`` of the output's std.
 
-    ``run(coarse, aux, lo, hi)`` predicts the crop of coarse cells ``lo:hi`` (both axes)
-    of the probe window ``coarse``/``aux``.
+    ``run(coarse, aux, lo, d)`` predicts the core of the crop of coarse cells
+    ``lo:lo + core + 2 d`` (both axes) of the probe window ``coarse``/``aux``, which has
+    ``d`` cells of context around the core; ``d = None``: the whole window's output.
     """
     import torch
 
@@ -241,63 +251,76 @@ def _context_needed(model, run, radius: int, core: int, tol: float, seed: int) -
     model.eval()
     try:
         with torch.no_grad():
-            full = run(coarse, aux, 0, n)
+            full = run(coarse, aux, 0, None)
             scale = float(full.std()) or 1.0
             ref = full[..., radius * f:(radius + core) * f, radius * f:(radius + core) * f]
             # From the widest context down: the first crop that misses is the answer.
-            for d in range(radius, 0, -1):
-                out = run(coarse, aux, radius - d, radius + core + d)
-                got = out[..., d * f:(d + core) * f, d * f:(d + core) * f]
+            for d in range(radius, least - 1, -1):
+                got = run(coarse, aux, radius - d, d)
                 err = float((got - ref).abs().max()) / scale
                 if not (math.isfinite(err) and err <= tol):
                     return min(d + 1, radius)
     finally:
         model.train(was_training)
-    return 1
+    return least
 
 
 def _crop(aux, lo: int, hi: int, f: int):
     return aux[..., lo * f:hi * f, lo * f:hi * f] if aux is not None else None
 
 
-def measure_halo(model, *, tol: float = HALO_TOLERANCE, core: int = 4, seed: int = 0) -> int:
+def measure_halo(model, *, tol: float = HALO_TOLERANCE, core: int = 4, seed: int = 0,
+                 decode: int | None = None) -> int:
     """Context a tile needs, in coarse cells per side, measured on the trained weights.
 
     The architecture's receptive field (:attr:`Generator.halo_px`) is an upper bound of
     10-20 coarse cells; the trained weights concentrate the influence much closer. The
-    measurement is direct: the network runs on a large window of smooth random fields
-    and on crops of it that keep ``d`` cells of context around a ``core`` of cells; the
-    halo is the smallest ``d`` such that every crop with ``d`` or more cells of context
-    reproduces the core within ``tol`` of the output's standard deviation. (Input
-    gradients were tried first: they miss the collective effect of padding on the
-    windowed attention statistics, and underestimate the halo by 3-4 cells.) The
-    downscale engine gives each tile this much context for the network's coarse
-    encoder (see :meth:`Predictor.predict`'s ``margin``).
+    measurement is direct and runs the network as the downscale engine does (see
+    :meth:`Predictor.predict`'s ``margin``): on a large window of smooth random fields,
+    and on crops of it that keep ``d`` cells of context around a ``core`` of cells for the
+    coarse encoder, of which the fine decoder sees ``decode`` cells
+    (:func:`measure_decode_halo`, measured first when not given); the halo is the
+    smallest ``d`` such that every crop with ``d`` or more cells of context reproduces the
+    core within ``tol`` of the output's standard deviation. (Input gradients were tried
+    first: they miss the collective effect of padding on the windowed attention
+    statistics, and underestimate the halo by 3-4 cells.)
     """
     f = int(model.cfg.factor)
+    if decode is None:
+        decode = measure_decode_halo(model, tol=tol, core=core, seed=seed)
+    radius = max(decode, min(full_halo(model), HALO_MAX_CELLS))
 
-    def run(coarse, aux, lo, hi):
-        return model(coarse[..., lo:hi, lo:hi], _crop(aux, lo, hi, f))
+    def run(coarse, aux, lo, d):
+        hi = coarse.shape[-1] - lo
+        c, a = coarse[..., lo:hi, lo:hi], _crop(aux, lo, hi, f)
+        feats = model.encode(c, model.pool_aux(a) if a is not None else None)
+        if d is None:
+            return model.decode(feats, c, a)
+        k = d - min(decode, d)  # encoder context the decoder does not see
+        e = c.shape[-1] - k
+        return model.decode(feats[..., k:e, k:e], c[..., k:e, k:e], _crop(a, k, e, f),
+                            crop=(d - k,) * 4)
 
-    return _context_needed(model, run, min(full_halo(model), HALO_MAX_CELLS), core, tol, seed)
+    return _context_needed(model, run, radius, core, tol, seed, least=decode)
 
 
-def measure_decode_halo(model, *, tol: float = 1e-4, core: int = 4, seed: int = 0) -> int:
+def measure_decode_halo(model, *, tol: float = HALO_TOLERANCE, core: int = 4,
+                        seed: int = 0) -> int:
     """Context the fine decoder needs, in coarse cells per side, given exact features.
 
     Like :func:`measure_halo`, but the coarse features (:meth:`Generator.encode`) come
     from the whole window and only :meth:`Generator.decode` runs on crops. The decoder
-    is small and local, so this is usually 1-2 cells where the whole network needs 4-6;
-    it is what the downscale engine blends across tiles.
+    is small and local, so this is usually 2-3 cells where the whole network needs 5-8.
     """
     f = int(model.cfg.factor)
     feats = {}
 
-    def run(coarse, aux, lo, hi):
+    def run(coarse, aux, lo, d):
         if "all" not in feats:  # the probe window is the same for every crop
             feats["all"] = model.encode(coarse, model.pool_aux(aux) if aux is not None else None)
+        hi = coarse.shape[-1] - lo
         return model.decode(feats["all"][..., lo:hi, lo:hi], coarse[..., lo:hi, lo:hi],
-                            _crop(aux, lo, hi, f))
+                            _crop(aux, lo, hi, f), crop=None if d is None else (d,) * 4)
 
     radius = max(1, min(math.ceil((model.decode_halo_px or 4 * f) / f), HALO_MAX_CELLS))
     return _context_needed(model, run, radius, core, tol, seed)
@@ -312,15 +335,18 @@ class Predictor:
         conserve: None runs the model as trained; False disables the hard conservation
             layer; True forces it on.
         strip_px: fine rows per strip of the network's fine stage (the result does not
-            depend on it); ``None`` runs each window's fine stage at once.
+            depend on it); ``None`` runs each window's fine stage at once; ``"auto"``
+            sizes strips by :data:`STRIP_BYTES`.
     """
 
     def __init__(self, bundle: Bundle, *, device: Any = "cpu", conserve: bool | None = None,
-                 strip_px: int | None = STRIP_PX):
+                 strip_px: int | str | None = STRIP_PX):
         import torch
 
-        if strip_px is not None and (not isinstance(strip_px, int) or strip_px < 1):
-            raise InputError(f"strip_px: expected a positive integer or None, got {strip_px!r}")
+        if strip_px is not None and strip_px != "auto" and (
+                not isinstance(strip_px, int) or strip_px < 1):
+            raise InputError(f"strip_px: expected a positive integer, 'auto' or None, got "
+                             f"{strip_px!r}")
         self.bundle = bundle
         self.strip_px = strip_px
         self.device = torch.device(device)
@@ -334,9 +360,11 @@ class Predictor:
         self.conserve = bool(getattr(config, "conserve", False))
         self.model = _build_model(config, bundle.state_dict, where="model bundle").to(self.device)
         # Measured at save time; measured now for a bundle without a current measurement.
-        # halo_coarse: context for the coarse encoder; decode_halo: what tiles blend over.
-        self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model)
+        # halo_coarse: context for the coarse encoder; decode_halo: the part of it the
+        # decoder sees (see predict's margin).
         self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
+        self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model,
+                                                                   decode=self.decode_halo)
 
     @property
     def scene(self) -> bool:
@@ -458,7 +486,13 @@ class Predictor:
         b1, r1 = h - bottom + min(d, bottom), w - right + min(d, right)
         a = xa[..., t0 * f:b1 * f, l0 * f:r1 * f] if xa is not None else None
         vm = valid[..., t0 * f:b1 * f, l0 * f:r1 * f] if valid is not None else None
-        y = m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a, scene_gain=sg,
-                     strip_px=self.strip_px, fine_mask=vm)
-        it, il = top - t0, left - l0
-        return y[..., it * f:(it + h - top - bottom) * f, il * f:(il + w - left - right) * f]
+        crop = (top - t0, left - l0, b1 - (h - bottom), r1 - (w - right))
+        strip = self.strip_px
+        if strip == "auto":
+            cfg = m.cfg
+            width = (w - left - right) * f + 2 * m.strip_halo_px
+            channels = max(cfg.fine_width + (cfg.branch_width if cfg.n_aux else 0),
+                           4 * cfg.n_aux)
+            strip = max(1, STRIP_BYTES // (4 * width * channels * xc.shape[0]))
+        return m.decode(feats[..., t0:b1, l0:r1], xc[..., t0:b1, l0:r1], a, scene_gain=sg,
+                        strip_px=strip, fine_mask=vm, crop=crop)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosr.nn.blocks import Conv2d, replicate_pad
+
 
 class ChannelAttention(nn.Module):
     """CAM: weight each channel by ``sigmoid(mlp(maxpool(x)) + mlp(avgpool(x)))``.
@@ -55,7 +57,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.window:
             r = self.window // 2
-            xp = F.pad(x, (r, r, r, r), mode="replicate")
+            xp = replicate_pad(x, r, r)
             if torch.is_grad_enabled():
                 mx = F.max_pool2d(xp, self.window, stride=1)
                 avg = F.avg_pool2d(xp, self.window, stride=1)
@@ -103,7 +105,7 @@ class SpatialAttention(nn.Module):
         super().__init__()
         if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel: expected an odd positive integer, got {kernel!r}")
-        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, padding_mode="replicate")
+        self.conv = Conv2d(2, 1, kernel, padding=kernel // 2, padding_mode="replicate")
         self.radius = kernel // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

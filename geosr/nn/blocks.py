@@ -16,10 +16,48 @@ from geosr.nn.norm import make_norm
 LEAKY_SLOPE = 0.01
 
 
+def replicate_pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``F.pad(x, (cols, cols, rows, rows), mode="replicate")`` of ``(N, C, H, W)``.
+
+    Why by hand: on a channels-last CPU tensor PyTorch's ``replication_pad2d`` is 2-3x
+    slower than copying the interior and then the edge columns and rows into a new
+    channels-last tensor (measured on 4-16 channels of 578^2 px, one thread), and the
+    pads of the fine-scale convolutions are a tenth of the network's inference time.
+    The same values exactly. Other layouts, and autograd, take ``F.pad``.
+    """
+    if torch.is_grad_enabled() or x.dim() != 4 \
+            or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.pad(x, (cols, cols, rows, rows), mode="replicate")
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h + 2 * rows, w + 2 * cols), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    out[:, :, rows:rows + h, cols:cols + w] = x
+    if cols:
+        out[:, :, rows:rows + h, :cols] = x[..., :1]
+        out[:, :, rows:rows + h, cols + w:] = x[..., -1:]
+    if rows:
+        out[:, :, :rows] = out[:, :, rows:rows + 1]
+        out[:, :, rows + h:] = out[:, :, rows + h - 1:rows + h]
+    return out
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose replicate padding uses :func:`replicate_pad` (the same
+    parameters, state-dict keys and values; a faster pad at inference)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,  # noqa: A002
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "replicate":
+            return super()._conv_forward(input, weight, bias)
+        rows, cols = self.padding
+        return F.conv2d(replicate_pad(input, rows, cols), weight, bias, self.stride, 0,
+                        self.dilation, self.groups)
+
+
 def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
     """A stride-1, size-preserving convolution with replicate padding (odd ``kernel``)."""
-    return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2,
-                     padding_mode="replicate" if kernel > 1 else "zeros")
+    return Conv2d(in_ch, out_ch, kernel, padding=kernel // 2,
+                  padding_mode="replicate" if kernel > 1 else "zeros")
 
 
 def act() -> nn.LeakyReLU:
@@ -39,7 +77,7 @@ class MaxPool3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last):
             return _max_pool3_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        xp = replicate_pad(x, 1, 1)
         h = torch.maximum(torch.maximum(xp[..., :-2], xp[..., 1:-1]), xp[..., 2:])
         return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
 

@@ -263,7 +263,8 @@ class Generator(nn.Module):
     def decode(self, features: torch.Tensor, coarse: torch.Tensor, aux: torch.Tensor | None,
                *, fine_mask: torch.Tensor | None = None,
                scene_gain: torch.Tensor | None = None,
-               strip_px: int | None = None) -> torch.Tensor:
+               strip_px: int | None = None,
+               crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Fine field from coarse features (steps 4-7).
 
         Args:
@@ -279,10 +280,16 @@ class Generator(nn.Module):
                 context; the result is the same to float rounding. Why: a strip's
                 activations, not the whole input's, are in memory at once (inference on
                 large tiles). ``None``: the whole input at once.
+            crop: coarse cells (top, left, bottom, right) to leave out of the output;
+                the fine stage then runs only on the rest plus :attr:`strip_halo_px` of
+                context (the same values to float rounding). Why: the coarse cells
+                around a tile are context for the intermediate scales, which reach
+                several cells, while the fine stage, most of the cost, reaches a few
+                fine pixels. ``None``: the whole input.
 
         Returns:
             ``(N, 1, hf, wf)``; ``(N, 2, hf, wf)`` (best estimate, spread) with
-            ``cfg.spread``.
+            ``cfg.spread``; with ``crop``, the ``hf``/``wf`` of the cells kept.
         """
         self._check(coarse, aux, fine_mask)
         if not isinstance(features, torch.Tensor) or features.dim() != 4 \
@@ -304,26 +311,29 @@ class Generator(nn.Module):
         t = _channels_last(features)
         for up, mid in zip(self.ups, self.mids, strict=True):
             t = mid(up(t))
-        feat, res = self._fine_stage(t, aux, strip_px=strip_px)
-        size = res.shape[-2:]
+        f = self.cfg.factor
+        size = (coarse.shape[-2] * f, coarse.shape[-1] * f)
+        keep = _Keep(crop, self, size)
+        feat, res = self._fine_stage(keep.stage_input(t), keep.aux(aux), strip_px=strip_px)
+        res = keep.in_window(res)
         if self.cfg.positive:
             # log-space base: bicubic overshoots below zero next to dry cells; clamp, floor
             base = F.interpolate(coarse[:, :1], size=size, mode="bicubic", align_corners=False)
-            out = torch.log(base.clamp_min(0.0) + LOG_FLOOR) + res
+            out = torch.log(keep.fine(base).clamp_min(0.0) + LOG_FLOOR) + res
         else:
             base = F.interpolate(coarse[:, :1], size=size, mode="bilinear", align_corners=False)
-            out = base + res
+            out = keep.fine(base) + res
         if gain is not None:
-            smooth = F.interpolate(F.avg_pool2d(aux, self.cfg.factor), size=size,
-                                   mode="bilinear", align_corners=False)
+            smooth = F.interpolate(F.avg_pool2d(aux, f), size=size, mode="bilinear",
+                                   align_corners=False)
             beta = F.interpolate(gain, size=size, mode="bilinear", align_corners=False)
-            out = out + (beta * (aux - smooth)).sum(dim=1, keepdim=True)
+            out = out + (keep.fine(beta) * keep.fine(aux - smooth)).sum(dim=1, keepdim=True)
         if self.conservation is not None:
-            out = self.conservation(out, coarse[:, :1], fine_mask)
+            out = self.conservation(out, keep.cells(coarse[:, :1]), keep.fine(fine_mask))
         elif self.cfg.positive:
             out = torch.exp(out)
         if self.spread_head is not None:
-            out = torch.cat([out, self.spread_head(feat)], dim=1)
+            out = torch.cat([out, keep.in_window(self.spread_head(feat))], dim=1)
         return out
 
     @property
@@ -398,6 +408,55 @@ class Generator(nn.Module):
             aux = None
         feats = self.encode(coarse, self.pool_aux(aux) if aux is not None else None)
         return self.decode(feats, coarse, aux, fine_mask=fine_mask, scene_gain=scene_gain)
+
+
+class _Keep:
+    """The cells :meth:`Generator.decode` keeps (its ``crop``), in fine pixels, and the
+    fine stage's window around them (:attr:`Generator.strip_halo_px` more per side)."""
+
+    def __init__(self, crop: tuple[int, int, int, int] | None, net: Generator,
+                 size: tuple[int, int]) -> None:
+        f, r, halo = net.cfg.factor, net.stages[-1], net.strip_halo_px  # halo: r multiple
+        top, left, bottom, right = (0, 0, 0, 0) if crop is None else (int(c) for c in crop)
+        if min(top, left, bottom, right) < 0 or (top + bottom) * f >= size[0] \
+                or (left + right) * f >= size[1]:
+            raise ValueError(f"crop: expected non-negative cells leaving part of the "
+                             f"{size[0] // f}x{size[1] // f} window, got {crop!r}")
+        self.cut = (top, left, bottom, right)
+        self.r = r
+        self.kept, self.window = [], []
+        for n, lo, hi in ((size[0], top, bottom), (size[1], left, right)):
+            start, stop = lo * f, n - hi * f
+            self.kept.append((start, stop))
+            self.window.append((max(0, start - halo) if lo else 0,
+                                min(n, stop + halo) if hi else n))
+
+    def stage_input(self, t: torch.Tensor) -> torch.Tensor:
+        """The last stage's input (at ``1/r`` of the fine resolution) under the window."""
+        (a, b), (c, d) = self.window
+        r = self.r
+        return t[..., a // r:b // r, c // r:d // r]
+
+    def aux(self, aux: torch.Tensor | None) -> torch.Tensor | None:
+        """The fine aux under the window."""
+        (a, b), (c, d) = self.window
+        return None if aux is None else aux[..., a:b, c:d]
+
+    def in_window(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept pixels of a tensor that covers the window."""
+        (a, b), (c, d) = self.kept
+        (wa, _), (wc, _) = self.window
+        return x[..., a - wa:b - wa, c - wc:d - wc]
+
+    def fine(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """The kept pixels of a tensor that covers the whole fine grid."""
+        (a, b), (c, d) = self.kept
+        return None if x is None else x[..., a:b, c:d]
+
+    def cells(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept cells of a coarse-grid tensor."""
+        top, left, bottom, right = self.cut
+        return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
