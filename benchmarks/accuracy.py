@@ -289,6 +289,8 @@ def main() -> None:
         exp = build(key, args.work)
         if exp.units == "degC":  # scene-adaptive with slope augmentation (train --slope-augment 2)
             exp.variants.setdefault("net-slope2", {"slope_augment": 2.0})
+            # the scene network with the training data's aux statistics (--arch scene_aux=false)
+            exp.variants.setdefault("net-trainaux", {"arch": (("scene_aux", False),)})
         variants = {"net": exp.variants["net"]} if args.only_net else exp.variants
         if args.variants:
             variants = {k: v for k, v in variants.items() if k in args.variants}

@@ -6,9 +6,12 @@ alps-t2m`` in a fresh process, in turn, ``--repeat`` times, on the synthetic inp
 ``bench_downscale.py`` (4000^2 at 1000 m, factor 16, by default); alternating the trees
 lets them share the machine's conditions (a busy, shared machine slows both alike).
 Prints per tree the median seconds, Mpx/s and peak RSS, their ratio, and the largest
-difference between the two outputs relative to the field's standard deviation.
+difference between the two outputs relative to the field's standard deviation. With
+``--whole``, also each output's largest difference from the raster predicted in one
+piece (the after tree with one tile covering the area): what tiling changes.
 
     python benchmarks/compare_net.py BEFORE_TREE AFTER_TREE [--size 4000] [--repeat 3]
+        [--whole]
 
 Both trees run with this interpreter (the same torch); each tree's own ``geosr`` and
 ``models/`` come first on ``PYTHONPATH``.
@@ -32,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_downscale import FACTOR, RES, make_inputs  # noqa: E402
 
 
-def run(tree: Path, coarse: Path, dem: Path, out: Path) -> dict:
+def run(tree: Path, coarse: Path, dem: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "geosr", "downscale", str(coarse), "--aux", f"dem={dem}",
            "-o", str(out), "--overwrite", "--json", "--res", f"{RES:g}", "--factor",
-           str(FACTOR), "--model", str(tree / "models" / "alps-t2m" / "alps-t2m.geosr")]
+           str(FACTOR), "--model", str(tree / "models" / "alps-t2m" / "alps-t2m.geosr"),
+           *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(),
                           env={**os.environ, "PYTHONPATH": str(tree)})
     if proc.returncode != 0:
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=4000, help="output pixels per side")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "geosr-bench")
+    ap.add_argument("--whole", action="store_true",
+                    help="also compare each output with the raster predicted in one piece")
     args = ap.parse_args(argv)
 
     n = args.size
@@ -69,15 +75,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:6s} {tree}: median {secs[name]:.2f} s, {n * n / 1e6 / secs[name]:.2f} "
               f"Mpx/s, peak RSS {rss:.0f} MB")
     print(f"speed-up (before / after, medians): {secs['before'] / secs['after']:.2f}x")
-    with rasterio.open(args.data / f"compare_before_{n}.tif") as src:
-        a = src.read(1)
-    with rasterio.open(args.data / f"compare_after_{n}.tif") as src:
-        b = src.read(1)
-    valid = np.isfinite(a)
-    same_mask = bool((valid == np.isfinite(b)).all())
-    diff = float(np.abs(a[valid] - b[valid]).max() / a[valid].std())
+    a, b = (_read(args.data / f"compare_{k}_{n}.tif") for k in ("before", "after"))
+    same_mask, diff = _compare(b, a)
     print(f"output: same nodata mask {same_mask}; max |after - before| = {diff:.2e} x the "
-          f"field's std ({a[valid].std():.3f})")
+          f"field's std ({np.nanstd(a):.3f})")
+    if args.whole:
+        whole = args.data / f"compare_whole_{n}.tif"
+        r = run(trees["after"], coarse, dem, whole, "--tile", str(n))
+        print(f"one piece (after tree, --tile {n}): {r['seconds']:.2f} s, peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB")
+        ref = _read(whole)
+        for name, out in (("before", a), ("after", b)):
+            same_mask, diff = _compare(out, ref)
+            print(f"{name:6s}: max |tiled - one piece| = {diff:.2e} x the field's std "
+                  f"(same nodata mask {same_mask})")
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _compare(got: np.ndarray, ref: np.ndarray) -> tuple[bool, float]:
+    """(same nodata mask, largest difference over the field's std)."""
+    valid = np.isfinite(ref)
+    same_mask = bool((valid == np.isfinite(got)).all())
+    return same_mask, float(np.abs(got[valid] - ref[valid]).max() / ref[valid].std())
 
 
 if __name__ == "__main__":

@@ -775,14 +775,14 @@ def test_on_grid_reader_matches_the_warper(scene):
 # --------------------------------------------------------------------------- real bundle
 
 
-def _save_tiny_bundle(path: Path, *, gain: bool = False) -> Path:
+def _save_tiny_bundle(path: Path, *, gain: bool = False, **arch) -> Path:
     nn = pytest.importorskip("geosr.nn")
     gb = pytest.importorskip("geosr.model.bundle")
     import torch
 
     torch.manual_seed(0)
     cfg = nn.NetConfig(factor=F, n_aux=1, coarse_width=8, branch_width=4, up_width=8,
-                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True)
+                       fine_width=8, n_blocks=1, fine_blocks=1, aux_gain=True, **arch)
     gen = nn.Generator(cfg).eval()
     if gain:
         with torch.no_grad():  # in standardised units: -0.5 x 5 degC / 400 m
@@ -877,6 +877,14 @@ def test_trained_like_network_does_not_depend_on_tile_size(scene, tmp_path, gain
         pytest.fail("the network's own detail is too small to test tiling with")
     for tiled in (a, b):
         assert np.nanmax(np.abs(tiled - whole)) < 1e-5 * np.nanstd(whole)
+
+
+def test_network_with_global_statistics_is_blended(scene, tmp_path):
+    """Global channel attention makes a tile depend on all of it, whatever its context:
+    such a network's tiles keep a blended overlap by default."""
+    model = _save_tiny_bundle(tmp_path / "global.geosr", gain=True, cam_window=0)
+    out, res = _run(scene, tmp_path / "g.tif", model=str(model), tile_px=128)
+    assert res.overlap_px > 0 and np.isfinite(out).any()
 
 
 def test_trained_like_network_with_enough_overlap_does_not_depend_on_tile_size(

@@ -367,8 +367,11 @@ def _downscale(cfg: DownscaleConfig, progress: Progress | None) -> DownscaleResu
             # Each tile reads the network's whole measured halo as context (TileJob.context:
             # coarse cells, of which the decoder sees predictor.decode_halo), which makes a
             # tile's prediction exact to float rounding: tiles need no blended overlap
-            # (tests/test_downscale.py checks tile-size invariance).
-            needed_px = 0
+            # (tests/test_downscale.py checks tile-size invariance). A network with global
+            # statistics (GroupNorm, global channel attention) depends on the whole tile
+            # whatever its context: its tiles are blended over the decoder's halo.
+            local = getattr(getattr(predictor, "model", None), "local", True)
+            needed_px = 0 if local else max(1, predictor.decode_halo) * f
         else:
             needed_px = DEFAULT_OVERLAP_CELLS[method] * f
         overlap_px = needed_px if cfg.overlap_px is None else cfg.overlap_px

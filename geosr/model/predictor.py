@@ -393,9 +393,10 @@ class Predictor:
                 layers in :attr:`aux_names` order.
 
             margin: coarse cells (top, left, bottom, right) of the input that are context
-                only: the coarse encoder sees the whole input, the fine decoder (which
-                is most of the cost) only the inner region plus :attr:`decode_halo`
-                cells, and the result covers the inner region.
+                only: the coarse encoder sees the whole input, the decoder's
+                intermediate scales the inner region plus :attr:`decode_halo` cells, its
+                full-resolution stage (most of the cost) the inner region plus a few
+                pixels, and the result covers the inner region.
             with_spread: also return the per-pixel spread of a probabilistic model.
             scenes: per sample, the :class:`~geosr.model.scene.Scene` of the band it
                 comes from (a scene-adaptive model; ignored otherwise). Without them a
