@@ -555,8 +555,15 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
                               "smaller --batch-size or --patch") from e
     finally:
         if group is not None and group.active:
+            import gc
+
             import torch.distributed as tdist
 
+            # The DDP wrapper and its reducer hold the process group in reference cycles:
+            # freed only at interpreter exit, gloo's threads were destroyed still running
+            # ("terminate called without an active exception", rarely, under load).
+            # Collect them while the group is still registered, then destroy it.
+            gc.collect()
             if tdist.is_initialized():
                 tdist.destroy_process_group()
 
