@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = out / "metrics.json"
     _run(["validate", str(pred), plan["truth"], "--coarse", plan["coarse"], "--aux",
           *[a.split("=", 1)[1] for a in plan["aux"]], "--plots", str(figures), "--json",
-          str(metrics)], log)
+          str(metrics), "--overwrite"], log)
     (out / "commands.txt").write_text("\n".join(log) + "\n")
     summary = json.loads(metrics.read_text())
     m = summary.get("metrics", {})

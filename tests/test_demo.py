@@ -22,3 +22,7 @@ def test_demo_runs_end_to_end_on_generated_data(tmp_path, capsys):
     assert any((out / "figures").glob("*.png"))
     commands = (out / "commands.txt").read_text().splitlines()
     assert [c.split()[1] for c in commands] == ["prepare", "train", "downscale", "validate"]
+    # a second `make demo` into the same folder replaces the first run's outputs
+    rc = demo.main(["--out", str(out), "--data", "synthetic", "--epochs", "1", "--minutes", "1"])
+    assert rc == 0
+    assert json.loads((out / "metrics.json").read_text())["n_valid"] == report["n_valid"]
