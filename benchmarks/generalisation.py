@@ -81,11 +81,13 @@ BASELINES = ("bicubic", "sharpen")
 NETS = {"net-scene": {"scene": True}, "net-fixed": {"scene": False},
         "net-slope": {"scene": True, "slope_augment": 2.0},
         "net-slope5": {"scene": True, "slope_augment": 5.0},
-        "net-scene-trainaux": {"scene": True, "arch": (("scene_aux", False),)}}
+        "net-scene-trainaux": {"scene": True, "arch": (("scene_aux", False),)},
+        "net-scene-flips": {"scene": True, "augment": True}}
 """The networks a case can train (``--nets``): the scene-adaptive default, the
 fixed-statistics one, the scene-adaptive one with slope augmentation (scales 2, 5) and
 the scene-adaptive one with the training data's aux statistics (the default before
-2026-12-03)."""
+2026-12-03), and the scene-adaptive one trained with random flips/rotations of its
+patches (``train --augment``)."""
 DEFAULT_NETS = ("net-fixed", "net-scene")
 
 
