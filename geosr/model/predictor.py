@@ -362,6 +362,10 @@ class Predictor:
         # Measured at save time; measured now for a bundle without a current measurement.
         # halo_coarse: context for the coarse encoder; decode_halo: the part of it the
         # decoder sees (see predict's margin).
+        if not (int(bundle.halo_coarse) and int(bundle.decode_halo)):
+            log.info("model %s records no tile context of the current measurement (written "
+                     "by an older geosr): measuring it now (about a second per run)",
+                     bundle.sha256[:12])
         self.decode_halo = int(bundle.decode_halo) or measure_decode_halo(self.model)
         self.halo_coarse = int(bundle.halo_coarse) or measure_halo(self.model,
                                                                    decode=self.decode_halo)
