@@ -327,7 +327,8 @@ class Generator(nn.Module):
             smooth = F.interpolate(F.avg_pool2d(aux, f), size=size, mode="bilinear",
                                    align_corners=False)
             beta = F.interpolate(gain, size=size, mode="bilinear", align_corners=False)
-            out = out + (keep.fine(beta) * keep.fine(aux - smooth)).sum(dim=1, keepdim=True)
+            detail = keep.fine(aux) - keep.fine(smooth)
+            out = out + (keep.fine(beta) * detail).sum(dim=1, keepdim=True)
         if self.conservation is not None:
             out = self.conservation(out, keep.cells(coarse[:, :1]), keep.fine(fine_mask))
         elif self.cfg.positive:
@@ -335,6 +336,13 @@ class Generator(nn.Module):
         if self.spread_head is not None:
             out = torch.cat([out, keep.in_window(self.spread_head(feat))], dim=1)
         return out
+
+    @property
+    def fine_channels(self) -> int:
+        """Channels of the widest full-resolution array: the fine stage's input (upsampled
+        features beside the fine aux branch) or the aux branch's first layer."""
+        cfg = self.cfg
+        return max(cfg.fine_width + (cfg.branch_width if cfg.n_aux else 0), 4 * cfg.n_aux)
 
     @property
     def strip_halo_px(self) -> int:
